@@ -1,0 +1,172 @@
+"""A loaded model: one interpreter per calling thread, typed inputs and results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgeloop.models.manifest import Artifact, ModelEntry
+
+from . import results
+from .backends import BackendInterpreter
+from .errors import InferenceError, InputError
+from .image_input import image_to_input, load_image
+from .tensors import TensorSpec
+
+
+@dataclass
+class ModelStats:
+    invocations: int = 0
+    errors: int = 0
+    busy_ms: float = 0.0
+    interpreters: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"invocations": self.invocations, "errors": self.errors,
+                "busy_ms": round(self.busy_ms, 3), "interpreters": self.interpreters}
+
+
+class LoadedModel:
+    """A model ready to run. Thread-safe: each thread gets its own interpreter.
+
+    Call ``close()`` when done; results never point into interpreter memory.
+    """
+
+    def __init__(self, entry: ModelEntry, artifact: Artifact, backend_name: str,
+                 make_interpreter: Callable[[], BackendInterpreter], first: BackendInterpreter,
+                 delegate: str | None, fallback: str | None) -> None:
+        self.entry = entry
+        self.artifact = artifact
+        self.backend = backend_name
+        self.delegate = delegate
+        self.fallback = fallback  # why this is not the variant that was asked for, if it is not
+        self.inputs: tuple[TensorSpec, ...] = first.inputs
+        self.outputs: tuple[TensorSpec, ...] = first.outputs
+        self.stats = ModelStats(interpreters=1)
+        self._make = make_interpreter
+        self._local = threading.local()
+        self._local.interp = first
+        self._all = [first]
+        self._lock = threading.Lock()
+        self._labels: list[str] | None = None
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def labels(self) -> list[str] | None:
+        if self._labels is None and self.entry.output.labels is not None:
+            self._labels = results.read_labels(self.entry.output.labels)
+        return self._labels
+
+    def set_labels(self, path: Path) -> None:
+        self._labels = results.read_labels(path)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.entry.name,
+            "version": self.entry.version,
+            "file": str(self.artifact.file),
+            "registered": self.entry.registered,
+            "backend": self.backend,
+            "delegate": self.delegate,
+            "fallback": self.fallback,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    def _interpreter(self) -> BackendInterpreter:
+        interp = getattr(self._local, "interp", None)
+        if interp is None:
+            with self._lock:
+                if self._closed:
+                    raise InferenceError(f"model '{self.name}' is closed", "load it again")
+                interp = self._make()
+                self._all.append(interp)
+                self.stats.interpreters = len(self._all)
+            self._local.interp = interp
+        return interp
+
+    # Raw tensors in, raw tensors out -------------------------------------------------
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Feed one array per input (exact shape and dtype); return copies of the outputs."""
+        if self._closed:
+            raise InferenceError(f"model '{self.name}' is closed", "load it again")
+        if len(arrays) != len(self.inputs):
+            raise InputError(f"model '{self.name}' takes {len(self.inputs)} input(s), got {len(arrays)}",
+                             "pass one array per input tensor")
+        interp = self._interpreter()
+        for position, array in enumerate(arrays):
+            interp.set_input(position, array)
+        start = time.perf_counter()
+        try:
+            interp.invoke()
+        except InferenceError:
+            with self.stats.lock:
+                self.stats.errors += 1
+            raise
+        elapsed = (time.perf_counter() - start) * 1000.0
+        outputs = [interp.output(n) for n in range(len(self.outputs))]
+        with self.stats.lock:
+            self.stats.invocations += 1
+            self.stats.busy_ms += elapsed
+        return outputs
+
+    # Sources in, typed results out ----------------------------------------------------
+
+    def prepare(self, source: Any) -> np.ndarray:
+        """An image path, a PIL image, a ``.npy`` path or an array, as input 0's tensor."""
+        spec = self.inputs[0]
+        if isinstance(source, np.ndarray):
+            return source
+        if hasattr(source, "convert"):  # a PIL image
+            return image_to_input(source, spec, self.entry.input)
+        path = Path(source)
+        if path.suffix.lower() == ".npy":
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read array {path}: {exc}", "give a .npy file saved by numpy.save") from exc
+        if not path.is_file():
+            raise InputError(f"input {path} does not exist", "check the path")
+        return image_to_input(load_image(path), spec, self.entry.input)
+
+    def decode(self, outputs: Sequence[np.ndarray], top_k: int = 5) -> results.Result:
+        """Typed result by the manifest's ``output.decode`` (raw for unregistered models)."""
+        kind = self.entry.output.decode
+        if kind == "classification":
+            return results.classify(outputs[0], self.outputs[0], self.labels, top_k)
+        if kind == "embedding":
+            return results.embed(outputs[0], self.outputs[0])
+        if kind == "detection":
+            return results.detect(outputs, self.outputs, self.labels)
+        return results.RawOutputs(tuple(outputs), self.outputs)
+
+    def infer(self, source: Any, top_k: int = 5) -> results.Result:
+        return self.decode(self.run(self.prepare(source)), top_k)
+
+    def classify(self, source: Any, top_k: int = 5) -> results.Classification:
+        """Top-k classes regardless of the manifest's decoder (output 0 as scores)."""
+        return results.classify(self.run(self.prepare(source))[0], self.outputs[0], self.labels, top_k)
+
+    def embed(self, source: Any) -> results.Embedding:
+        """Output 0 as an L2-normalized vector."""
+        return results.embed(self.run(self.prepare(source))[0], self.outputs[0])
+
+    def close(self) -> None:
+        """Free every interpreter this model created (from any thread)."""
+        with self._lock:
+            self._closed = True
+            for interp in self._all:
+                interp.close()
+            self._all.clear()
+        self._local = threading.local()

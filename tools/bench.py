@@ -1,0 +1,130 @@
+"""``edgeloop bench MODEL``: latency like TFLite's benchmark_model, and the engine's overhead.
+
+The engine loop (``LoadedModel.run`` + decode) and the raw backend loop
+(``set_tensor``/``invoke``/``get_tensor`` on a bare interpreter of the same
+backend, file and threads) are measured in the same run, in alternating
+blocks, so machine noise hits both alike. ``overhead_ratio`` is
+``p50_ms / raw_p50_ms``. ``jitter_ms`` is the mean absolute difference
+between consecutive latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+BLOCK = 5  # runs per alternation block
+
+
+def register(sub: Any, common: Any) -> None:
+    p = sub.add_parser("bench", help="measure latency and engine overhead (JSON with --json)")
+    p.add_argument("model", help="registered model name or .tflite path")
+    p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
+    p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    common(p)
+    p.set_defaults(handler=run)
+
+
+def summarize(samples_ms: list[float], prefix: str = "") -> dict[str, float]:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        f"{prefix}p50_ms": round(float(p50), 4),
+        f"{prefix}p95_ms": round(float(p95), 4),
+        f"{prefix}p99_ms": round(float(p99), 4),
+        f"{prefix}mean_ms": round(float(a.mean()), 4),
+        f"{prefix}std_ms": round(float(a.std()), 4),
+        f"{prefix}min_ms": round(float(a.min()), 4),
+        f"{prefix}jitter_ms": round(float(np.abs(np.diff(a)).mean()) if a.size > 1 else 0.0, 4),
+    }
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def measure(engine: Any, ref: str, runs: int | None, seconds: float, warmup: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    model = engine.load(ref)
+    load_ms = (time.perf_counter() - start) * 1000.0
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 256, t.shape).astype(t.dtype) if t.dtype.kind in "iu"
+              else rng.standard_normal(t.shape).astype(t.dtype) for t in model.inputs]
+    decode = model.decode if model.entry.registered else (lambda outs: outs)
+
+    def engine_once() -> None:
+        decode(model.run(*inputs))
+
+    first_ms = _timed(engine_once)  # load already ran warm-up invokes; this is the first real call
+
+    # The raw loop: a bare interpreter of the same backend, file and settings.
+    backend = engine.backend
+    resolver = backend._module.OpResolverType
+    bare = backend._module.Interpreter(
+        model_path=str(model.artifact.file), num_threads=engine.config.num_threads,
+        experimental_op_resolver_type=resolver.AUTO if engine.config.xnnpack
+        else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    bare.allocate_tensors()
+    in_idx = [d["index"] for d in bare.get_input_details()]
+    out_idx = [d["index"] for d in bare.get_output_details()]
+
+    def raw_once() -> None:
+        for i, x in zip(in_idx, inputs):
+            bare.set_tensor(i, x)
+        bare.invoke()
+        for o in out_idx:
+            bare.get_tensor(o)
+
+    for _ in range(warmup):
+        engine_once()
+        raw_once()
+    eng: list[float] = []
+    raw: list[float] = []
+    deadline = time.perf_counter() + 2 * seconds
+    while (len(eng) < runs) if runs else (time.perf_counter() < deadline or len(eng) < 50):
+        for _ in range(BLOCK):
+            eng.append(_timed(engine_once))
+        for _ in range(BLOCK):
+            raw.append(_timed(raw_once))
+    del bare
+    result: dict[str, Any] = {
+        "model": model.describe(),
+        "backend": {"name": backend.name, "version": backend.version},
+        "threads": engine.config.num_threads,
+        "xnnpack": engine.config.xnnpack,
+        "runs": len(eng),
+        "load_ms": round(load_ms, 3),
+        "first_ms": round(first_ms, 4),
+        **summarize(eng),
+        **summarize(raw, "raw_"),
+    }
+    result["overhead_ratio"] = round(result["p50_ms"] / result["raw_p50_ms"], 4)
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import engine_from_args, print_json
+
+    engine = engine_from_args(args)
+    try:
+        r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
+    finally:
+        engine.close()
+    if args.json:
+        print_json(r)
+    else:
+        print(f"{r['model']['name']} on {r['backend']['name']} {r['backend']['version']}, "
+              f"{r['threads']} threads, {r['runs']} runs")
+        print(f"load {r['load_ms']:.1f} ms, first {r['first_ms']:.2f} ms")
+        print(f"engine p50 {r['p50_ms']:.3f}  p95 {r['p95_ms']:.3f}  p99 {r['p99_ms']:.3f}  "
+              f"mean {r['mean_ms']:.3f}  std {r['std_ms']:.3f}  jitter {r['jitter_ms']:.3f} ms")
+        print(f"raw    p50 {r['raw_p50_ms']:.3f}  p95 {r['raw_p95_ms']:.3f}  p99 {r['raw_p99_ms']:.3f} ms")
+        print(f"overhead ratio {r['overhead_ratio']:.4f}")
+    return 0
