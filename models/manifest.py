@@ -100,6 +100,7 @@ class ModelEntry:
     card: Path | None = None
     registered: bool = True
     source: Path | None = None  # the manifest it came from
+    accuracy: float | None = None  # held-out accuracy the builder measured, if any
 
     @property
     def cpu(self) -> Artifact | None:
@@ -157,6 +158,12 @@ class _Reader:
                             "put the file's sha256 there (sha256sum FILE)")
         return value
 
+    def only(self, *allowed: str) -> None:
+        """Reject keys this table does not know: a typo must not be ignored."""
+        for key in self.table:
+            if key not in allowed:
+                raise self.fail(key, "is not a known key", f"use one of {', '.join(allowed)}")
+
     def sub(self, key: str) -> "_Reader":
         value = self.get(key, dict, {})
         return _Reader(value, f"{self.where}.{key}", self.manifest)
@@ -166,12 +173,14 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
     if not _NAME.match(name):
         raise ManifestError(f"{r.manifest}: model name '{name}' has characters that are not allowed",
                             "use letters, digits, '_', '-' and '.'")
+    r.only("version", "task", "file", "sha256", "card", "variants", "input", "output", "golden", "accuracy")
     artifacts: dict[str, Artifact] = {}
     if "file" in r.table:
         artifacts[CPU] = Artifact(r.path("file", required=True), r.sha256(), CPU)
     variants = r.sub("variants")
     for target in variants.table:
         v = variants.sub(target)
+        v.only("file", "sha256")
         if target == CPU:
             raise v.fail("", "duplicates the top-level file", "put the CPU model in file/sha256")
         artifacts[target] = Artifact(v.path("file", required=True), v.sha256(), target)
@@ -179,6 +188,7 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
         raise r.fail("file", "is missing (and there are no variants)", "add file = … and sha256 = …")
 
     i = r.sub("input")
+    i.only("layout", "color", "resize", "mean", "std", "dtype", "scale", "zero_point")
     mean, std, scale = (i.get(k, (int, float)) for k in ("mean", "std", "scale"))
     if (mean is None) != (std is None):
         raise i.fail("mean", "and std must be given together", "set both or neither")
@@ -195,12 +205,14 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
         zero_point=i.get("zero_point", int),
     )
     o = r.sub("output")
+    o.only("decode", "labels")
     output_spec = OutputSpec(decode=o.get("decode", str, "raw", choices=DECODERS), labels=o.path("labels"))
     golden = []
     for n, case in enumerate(r.get("golden", list, [])):
         if not isinstance(case, dict):
             raise r.fail(f"golden[{n}]", "must be a table", "use [[models.NAME.golden]]")
         g = _Reader(case, f"{r.where}.golden[{n}]", r.manifest)
+        g.only("input", "top1")
         golden.append(GoldenCase(g.path("input", required=True), g.get("top1", int)))
     return ModelEntry(
         name=name,
@@ -213,11 +225,13 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
         card=r.path("card"),
         registered=True,
         source=r.manifest,
+        accuracy=r.get("accuracy", float),
     )
 
 
 def parse_manifest(data: Mapping[str, Any], path: Path) -> dict[str, ModelEntry]:
     top = _Reader(data, "manifest", path)
+    top.only("schema", "models")
     schema = top.get("schema", int, required=True)
     if schema != SCHEMA:
         raise top.fail("schema", f"is {schema}; this edgeloop reads schema {SCHEMA}",

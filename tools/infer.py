@@ -53,19 +53,27 @@ def _print_text(model: Any, row: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .cli import engine_from_args, print_json
+    from edgeloop.runtime.errors import ConfigError, InputError
+
+    from .cli import EXIT_ERROR, engine_from_args, print_json
 
     if args.top < 1:
-        from edgeloop.runtime.errors import ConfigError
         raise ConfigError(f"--top: {args.top} is not positive", "use --top 1 or more")
     engine = engine_from_args(args)
     try:
         model = engine.load(args.model)
         if args.labels:
             model.set_labels(args.labels)
-        rows, saved = [], {}
+        rows, saved, failed = [], {}, 0
         for i, source in enumerate(args.inputs):
-            row, outputs = _result(model, source, args.top)
+            try:
+                row, outputs = _result(model, source, args.top)
+            except InputError as exc:
+                # One bad input must not cost the results of the others.
+                failed += 1
+                rows.append({"input": source, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"edgeloop: error: {rows[-1]['error']}", file=sys.stderr)
+                continue
             rows.append(row)
             saved.update({f"in{i}_out{j}": o for j, o in enumerate(outputs)})
             if not args.json:
@@ -75,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
             np.savez(args.save_outputs, **saved)
         if args.json:
             print_json({"model": model.describe(), "results": rows})
-        return 0
+        return EXIT_ERROR if failed else 0
     finally:
         engine.close()

@@ -17,6 +17,10 @@ from ..errors import DelegateUnavailable, InferenceError, InputError, ModelLoadE
 from ..tensors import TensorSpec
 
 
+# What TFLite's external delegate API requires a delegate library to export.
+_DELEGATE_ENTRY_POINTS = ("tflite_plugin_create_delegate", "tflite_plugin_destroy_delegate")
+
+
 class BackendInterpreter:
     """One interpreter instance. Not thread-safe: use one per thread.
 
@@ -114,9 +118,12 @@ class InterpreterBackend:
         try:
             # dlopen first: the backend's Delegate object, half-built on a missing
             # library, prints a spurious traceback when it is collected.
-            ctypes.CDLL(library)
+            lib = ctypes.CDLL(library)
+            missing = [f for f in _DELEGATE_ENTRY_POINTS if not hasattr(lib, f)]
+            if missing:
+                raise DelegateUnavailable(f"{library} is not a TFLite delegate (it lacks {', '.join(missing)})")
             return self._module.load_delegate(library, dict(options or {}))
-        except (ValueError, OSError, RuntimeError) as exc:
+        except (ValueError, OSError, RuntimeError, AttributeError) as exc:
             raise DelegateUnavailable(f"cannot load delegate library {library}: {exc}".strip()) from exc
 
     def create(self, model_path: str, *, num_threads: int, xnnpack: bool = True,

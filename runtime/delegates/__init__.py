@@ -30,6 +30,8 @@ class DelegateSpec:
         if self.kind not in KINDS:
             raise ConfigError(f"delegate: unknown delegate '{self.kind}'",
                               f"use one of {', '.join(KINDS)} (or none for CPU)")
+        if self.kind == "edgetpu":
+            _module("edgetpu").validate_device(self.device)
         if self.kind == "external" and not self.library:
             raise ConfigError("delegate_library: the external delegate needs a library path",
                               "set delegate_library (--delegate-library) to the delegate's .so")

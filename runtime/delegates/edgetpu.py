@@ -28,7 +28,6 @@ def validate_device(device: str | None) -> None:
 
 
 def load(backend: Any, spec: Any) -> Any:
-    validate_device(spec.device)
     options = dict(spec.options)
     if spec.device:
         options["device"] = spec.device

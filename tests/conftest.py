@@ -1,0 +1,93 @@
+"""Shared fixtures: the real models and photos in ../shared, a manifest registering them.
+
+``EDGELOOP_SHARED`` points elsewhere if ../shared is not beside the checkout.
+``EDGELOOP_TEST_BACKENDS`` (comma list) picks the backends the conformance tests
+run on; a backend named there that cannot be imported fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("EDGELOOP_SHARED", REPO.parent / "shared")).resolve()
+CORAL = SHARED / "models" / "coral"
+IMAGES = SHARED / "images"
+PHOTOS = ("cat.bmp", "bird.bmp", "parrot.jpg", "sunflower.bmp", "grace_hopper.bmp")
+
+
+def _requested_backends() -> list[str]:
+    listed = [b.strip() for b in os.environ.get("EDGELOOP_TEST_BACKENDS", "").split(",") if b.strip()]
+    if listed:
+        return listed
+    from edgeloop.runtime.backends import probe_backends
+
+    return [row["name"] for row in probe_backends() if row["available"]]
+
+
+BACKENDS = _requested_backends()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"edgeloop backends under test: {', '.join(BACKENDS) or 'none'}", f"shared data: {SHARED}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_present() -> None:
+    if not CORAL.is_dir():
+        pytest.fail(f"the shared models are missing at {CORAL}: put shared/ beside the checkout "
+                    "or set EDGELOOP_SHARED", pytrace=False)
+
+
+def write_manifest(path: Path, entries: str) -> Path:
+    path.write_text("schema = 1\n" + entries)
+    return path
+
+
+def coral_entry(name: str, file: str, *, decode: str = "classification", extra: str = "",
+                sha256: str | None = None, labels: bool = True) -> str:
+    from edgeloop.models.store import sha256_of
+
+    digest = sha256 or sha256_of(CORAL / file)
+    text = f'\n[models.{name}]\nversion = "1"\nfile = "{CORAL / file}"\nsha256 = "{digest}"\n{extra}'
+    text += f'\n[models.{name}.output]\ndecode = "{decode}"\n'
+    if labels:
+        text += f'labels = "{CORAL / "imagenet_labels.txt"}"\n'
+    return text
+
+
+@pytest.fixture(scope="session")
+def coral_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A manifest registering the shared Coral models (hashes computed from the files)."""
+    body = (
+        coral_entry("mobilenet_v1_025", "mobilenet_v1_0.25_128_quant.tflite",
+                    extra='[models.mobilenet_v1_025.input]\nmean = 128.0\nstd = 128.0\n')
+        + coral_entry("mobilenet_v2", "mobilenet_v2_1.0_224_quant.tflite",
+                      extra='[models.mobilenet_v2.input]\nmean = 128.0\nstd = 128.0\n')
+        + coral_entry("embedder", "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite",
+                      decode="embedding", labels=False)
+        + coral_entry("lstm_mnist", "keras_lstm_mnist_ptq.tflite", labels=False,
+                      extra='[models.lstm_mnist.input]\nlayout = "NHW"\ncolor = "GRAY"\n')
+    )
+    return write_manifest(tmp_path_factory.mktemp("manifest") / "coral.toml", body)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    from edgeloop.runtime.backends import get_backend
+
+    get_backend(request.param)  # a requested backend that does not import fails here, loudly
+    return request.param
+
+
+@pytest.fixture
+def engine(backend_name: str, coral_manifest: Path):
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+
+    eng = Engine(EngineConfig(backend=backend_name, num_threads=2), ModelStore([coral_manifest]))
+    yield eng
+    eng.close()

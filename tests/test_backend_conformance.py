@@ -1,0 +1,124 @@
+"""The same contract on every backend (run on LiteRT, and on tflite-runtime in its numpy<2 venv)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CORAL, IMAGES, PHOTOS
+
+from edgeloop.runtime.errors import InferenceError, InputError
+
+# ImageNet class ids a correct classifier gives each photo (cats: 281-287; Grace Hopper
+# wears a military uniform (653) under an academic-gown-like jacket (401) or suit (835)).
+EXPECTED = {
+    "cat.bmp": set(range(281, 288)),
+    "bird.bmp": {20},  # chickadee
+    "parrot.jpg": {89},  # macaw
+    "sunflower.bmp": {986},  # daisy: ImageNet has no sunflower
+    "grace_hopper.bmp": {653, 401, 835},
+}
+
+
+def bare_outputs(engine, model, array: np.ndarray) -> list[np.ndarray]:
+    """The same input through a bare backend interpreter, with the engine's settings."""
+    module = engine.backend._module
+    bare = module.Interpreter(model_path=str(model.artifact.file), num_threads=engine.config.num_threads,
+                              experimental_op_resolver_type=module.OpResolverType.AUTO)
+    bare.allocate_tensors()
+    bare.set_tensor(bare.get_input_details()[0]["index"], array)
+    bare.invoke()
+    return [bare.get_tensor(d["index"]) for d in bare.get_output_details()]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1_025", "mobilenet_v2"])
+def test_classifies_photos_bit_identical_to_bare_interpreter(engine, name):
+    model = engine.load(name)
+    for photo in PHOTOS:
+        array = model.prepare(IMAGES / photo)
+        outputs = model.run(array)
+        result = model.decode(outputs, top_k=3)
+        assert result.best.index in EXPECTED[photo], (photo, result.to_dict())
+        assert result.best.label is not None and result.best.score > 0.1
+        reference = bare_outputs(engine, model, array)
+        assert len(outputs) == len(reference)
+        for ours, theirs in zip(outputs, reference):
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), photo
+
+
+def test_embedding_is_1024d_and_separates_photos(engine, tmp_path):
+    model = engine.load("embedder")
+    cat = model.infer(IMAGES / "cat.bmp")
+    bird = model.infer(IMAGES / "bird.bmp")
+    image = Image.open(IMAGES / "cat.bmp")
+    w, h = image.size
+    cropped = image.crop((w // 20, h // 20, w - w // 20, h - h // 20))  # 5% off each side
+    cat_crop = model.infer(cropped)
+    assert cat.vector.shape == (1024,) and cat.vector.dtype == np.float32
+    assert abs(float(np.linalg.norm(cat.vector)) - 1.0) < 1e-5
+    assert cat.cosine(cat_crop) > cat.cosine(bird)
+    assert cat.cosine(cat_crop) > 0.8
+
+
+def test_lstm_reads_the_handwritten_nine(engine):
+    model = engine.load("lstm_mnist")
+    assert model.inputs[0].shape == (1, 28, 28)
+    result = model.classify(IMAGES / "mnist_nine.bmp", top_k=1)
+    assert result.best.index == 9
+
+
+def test_wrong_input_shape_and_dtype_are_typed_errors(engine):
+    model = engine.load("mobilenet_v1_025")
+    with pytest.raises(InputError, match=r"needs shape \[1, 128, 128, 3\] dtype uint8, got shape \[1, 64, 64, 3\]"):
+        model.run(np.zeros((1, 64, 64, 3), np.uint8))
+    with pytest.raises(InputError, match=r"dtype uint8, got shape \[1, 128, 128, 3\] dtype float32"):
+        model.run(np.zeros((1, 128, 128, 3), np.float32))
+    with pytest.raises(InputError, match="takes 1 input"):
+        model.run()
+    # still serving
+    assert model.classify(IMAGES / "parrot.jpg").best.index == 89
+
+
+def test_threads_get_their_own_interpreters_and_agree(engine):
+    model = engine.load("mobilenet_v1_025")
+    arrays = [model.prepare(IMAGES / p) for p in PHOTOS]
+    expected = [model.run(a)[0] for a in arrays]
+    mismatches: list[str] = []
+
+    def worker() -> None:
+        for _ in range(3):
+            for a, e in zip(arrays, expected):
+                if not np.array_equal(model.run(a)[0], e):
+                    mismatches.append(threading.current_thread().name)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert mismatches == []
+    assert model.stats.interpreters == 5  # the loading thread's + one per worker
+    assert model.stats.invocations >= 4 * 3 * len(PHOTOS)
+
+
+def test_close_frees_interpreters_and_refuses_more_work(engine):
+    model = engine.load("mobilenet_v1_025")
+    array = model.prepare(IMAGES / "cat.bmp")
+    out = model.run(array)[0]
+    model.close()
+    with pytest.raises(InferenceError, match="closed"):
+        model.run(array)
+    assert out.sum() > 0  # results are copies, still valid after close
+
+
+def test_quantization_parameters_are_the_models_own(engine):
+    model = engine.load("mobilenet_v2")
+    q = model.inputs[0].quantization
+    assert q is not None and q.scale == pytest.approx(1 / 128) and q.zero_point == 128
+    scores = model.classify(IMAGES / "bird.bmp", top_k=1001)
+    total = sum(c.score for c in scores.top)
+    assert total == pytest.approx(1.0, abs=0.05)  # dequantized softmax sums to ~1
