@@ -26,6 +26,11 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--compare-backends", action="store_true",
+                   help="also time bare interpreters of every importable backend side by side")
+    p.add_argument("--cold-start", metavar="IMAGE",
+                   help="also time fresh 'edgeloop infer MODEL IMAGE' processes and their peak memory")
+    p.add_argument("--cold-runs", type=int, default=10, help="processes for --cold-start (default 10)")
     common(p)
     p.set_defaults(handler=run)
 
@@ -117,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
     finally:
         engine.close()
+    if args.compare_backends:
+        from .bench_backends import compare_backends
+        r["backend_comparison"] = compare_backends(r["model"]["file"], r["threads"], args.seconds)
+    if args.cold_start:
+        from .bench_cold import cold_start
+        extra = [f"--manifest={m}" for m in args.manifest]
+        r["cold_start"] = cold_start(args.model, args.cold_start, args.cold_runs, extra)
     if args.json:
         print_json(r)
     else:
@@ -127,4 +139,11 @@ def run(args: argparse.Namespace) -> int:
               f"mean {r['mean_ms']:.3f}  std {r['std_ms']:.3f}  jitter {r['jitter_ms']:.3f} ms")
         print(f"raw    p50 {r['raw_p50_ms']:.3f}  p95 {r['raw_p95_ms']:.3f}  p99 {r['raw_p99_ms']:.3f} ms")
         print(f"overhead ratio {r['overhead_ratio']:.4f}")
+        for name, b in r.get("backend_comparison", {}).get("backends", {}).items():
+            print(f"backend {name} {b['version']}: p50 {b['p50_ms']:.3f}  p95 {b['p95_ms']:.3f} ms")
+        if "tflite_runtime_over_litert_p50" in r.get("backend_comparison", {}):
+            print(f"tflite_runtime / litert p50: {r['backend_comparison']['tflite_runtime_over_litert_p50']:.2f}")
+        if "cold_start" in r:
+            c = r["cold_start"]
+            print(f"cold start p50 {c['cold_start_p50_ms']:.0f} ms, peak RSS {c['peak_rss_mb']:.1f} MB")
     return 0

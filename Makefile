@@ -1,0 +1,46 @@
+# Every target sets up what it needs; a fresh machine needs only python3 (>= 3.10) and make.
+PYTHON ?= python3
+VENV ?= .venv
+TFLITE_VENV ?= .venv-tflite
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+# The suites that run again in the numpy<2 venv on the tflite-runtime backend.
+CONFORMANCE := tests/test_backend_conformance.py tests/test_model_safety.py tests/test_demo_models.py
+
+.PHONY: run test test-main test-tflite bench hil clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# tflite-runtime 2.14 needs numpy < 2, so it gets a venv of its own.
+$(TFLITE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/pip install -q --disable-pip-version-check -e '.[tflite,test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/edgeloop infer digits models/samples/digit_3.png models/samples/digit_7.png models/samples/digit_9.png
+
+test: test-main test-tflite
+
+test-main: $(VENV)/.installed
+	EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest
+
+test-tflite: $(TFLITE_VENV)/.installed
+	EDGELOOP_TEST_BACKENDS=tflite_runtime $(TFLITE_VENV)/bin/python -m pytest $(CONFORMANCE)
+
+# Figures for the README's performance table (JSON on stdout).
+bench: $(VENV)/.installed $(TFLITE_VENV)/.installed
+	$(BIN)/edgeloop bench $(SHARED)/models/coral/mobilenet_v2_1.0_224_quant.tflite --threads 2 --seconds 5 \
+		--cold-start $(SHARED)/images/cat.bmp --json
+	$(TFLITE_VENV)/bin/edgeloop bench $(SHARED)/models/coral/mobilenet_v2_1.0_224_quant.tflite --threads 2 \
+		--seconds 5 --compare-backends --json
+
+# Hardware-in-the-loop: runs on a rig, skips (with the reason) what the device lacks.
+hil: $(VENV)/.installed
+	$(BIN)/python -m pytest -rs hil
+
+clean:
+	rm -rf $(VENV) $(TFLITE_VENV) .pytest_cache
