@@ -29,7 +29,10 @@ def test_model_with_failing_custom_op_is_rejected(engine):
 def test_truncated_model_is_rejected(engine, tmp_path):
     path = tmp_path / "truncated.tflite"
     path.write_bytes((CORAL / "mobilenet_v2_1.0_224_quant.tflite").read_bytes()[:200_000])
-    with pytest.raises(ModelRejected, match=r"truncated\.tflite failed the isolated check: .*not a valid Flatbuffer"):
+    # LiteRT verifies the flatbuffer and says so; tflite-runtime 2.14 segfaults on this very
+    # file, which only the isolated child feels.
+    with pytest.raises(ModelRejected, match=r"truncated\.tflite (failed the isolated check: .*not a valid Flatbuffer"
+                                            r"|crashed the interpreter in the isolated check \(killed by SIGSEGV\))"):
         engine.load(path)
     still_serving(engine)
 
