@@ -8,6 +8,7 @@ run on; a backend named there that cannot be imported fails the run.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ def _requested_backends() -> list[str]:
 
 
 BACKENDS = _requested_backends()
+# The suite never reads or writes the user's cache of checked models.
+os.environ["EDGELOOP_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeloop-test-cache-")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

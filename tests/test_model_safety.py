@@ -66,6 +66,7 @@ def test_crash_in_the_child_is_reported_not_inherited(engine, tmp_path, monkeypa
         return real_run(cmd, **kw)
 
     monkeypatch.setattr(vetting.subprocess, "run", crashing_run)
+    monkeypatch.setenv("EDGELOOP_CACHE_DIR", "off")  # these bytes passed before: check them anyway
     with pytest.raises(ModelRejected, match=r"bomb\.tflite crashed the interpreter in the isolated check "
                                             r"\(killed by SIGSEGV\)"):
         engine.load(path)
@@ -143,3 +144,34 @@ def test_edgetpu_file_by_path_pairs_with_its_sibling(engine, caplog):
     assert model.artifact.file == CORAL / "mobilenet_v1_0.25_128_quant.tflite"
     assert model.fallback and "libedgetpu" in model.fallback
     assert any("fallback" in r.getMessage() for r in caplog.records)
+
+
+def test_a_passed_check_is_remembered_by_content_and_a_failure_is_not(engine, tmp_path, monkeypatch):
+    from edgeloop.runtime import vetting
+
+    calls: list[str] = []
+    real_run = vetting.subprocess.run
+
+    def counting_run(cmd, **kw):
+        calls.append(kw["input"])
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(vetting.subprocess, "run", counting_run)
+    monkeypatch.setenv("EDGELOOP_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "m.tflite"
+    model.write_bytes((CORAL / "mobilenet_v1_0.25_128_quant.tflite").read_bytes())
+    engine.load(model).close()
+    engine.load(model).close()
+    assert len(calls) == 1  # the second load trusted the remembered pass for these bytes
+    model.write_bytes((CORAL / "keras_lstm_mnist_ptq.tflite").read_bytes())  # same path, new bytes
+    engine.load(model).close()
+    assert len(calls) == 2
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\0" * 1000)
+    for _ in range(2):
+        with pytest.raises(ModelRejected):
+            engine.load(bad)
+    assert len(calls) == 4  # failures are checked again every time
+    monkeypatch.setenv("EDGELOOP_CACHE_DIR", "off")
+    engine.load(model).close()
+    assert len(calls) == 5

@@ -112,7 +112,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     engine = engine_from_args(args)
     entry = engine.store.resolve(args.model)
     path = Path(args.model).resolve() if Path(args.model).is_file() else next(iter(entry.artifacts.values())).file
-    report = vet_model(path, backend=engine.config.backend, xnnpack=engine.config.xnnpack)
+    report = vet_model(path, backend=engine.config.backend, xnnpack=engine.config.xnnpack, use_cache=False)
     report["size_bytes"] = path.stat().st_size
     if args.json:
         print_json(report)

@@ -96,22 +96,11 @@ class BackendInterpreter:
 class InterpreterBackend:
     """Adapter over a module with the ``tflite_runtime.interpreter`` API."""
 
-    def __init__(self, name: str, package: str, module: ModuleType, distribution: str) -> None:
+    def __init__(self, name: str, package: str, module: ModuleType, version: str) -> None:
         self.name = name
         self.package = package
+        self.version = version
         self._module = module
-        self._distribution = distribution
-        self._version: str | None = None
-
-    @property
-    def version(self) -> str:
-        if self._version is None:
-            from importlib.metadata import PackageNotFoundError, version
-            try:
-                self._version = version(self._distribution)
-            except PackageNotFoundError:
-                self._version = "unknown"
-        return self._version
 
     def load_delegate(self, library: str, options: Mapping[str, Any] | None = None) -> Any:
         """Load an external delegate library; raise ``DelegateUnavailable`` naming it."""

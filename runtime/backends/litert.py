@@ -9,6 +9,7 @@ PACKAGE = "ai-edge-litert"
 
 
 def load() -> InterpreterBackend:
+    import ai_edge_litert
     from ai_edge_litert import interpreter
 
-    return InterpreterBackend(NAME, PACKAGE, interpreter, "ai-edge-litert")
+    return InterpreterBackend(NAME, PACKAGE, interpreter, ai_edge_litert.__version__)

@@ -9,6 +9,7 @@ PACKAGE = "edgeloop[tflite]"  # tflite-runtime with numpy<2
 
 
 def load() -> InterpreterBackend:
+    import tflite_runtime
     from tflite_runtime import interpreter
 
-    return InterpreterBackend(NAME, PACKAGE, interpreter, "tflite-runtime")
+    return InterpreterBackend(NAME, PACKAGE, interpreter, tflite_runtime.__version__)
