@@ -118,3 +118,12 @@ def test_external_delegate_that_is_not_a_delegate(tmp_path):
     assert libm, "libm is on every Linux"
     with pytest.raises(DelegateUnavailable, match=r"external delegate unavailable \(.*libm\.so\.6 is not a TFLite delegate \(it lacks tflite_plugin_create_delegate, tflite_plugin_destroy_delegate\)\)"):
         load_delegate(backends.get_backend("auto"), DelegateSpec("external", library=libm))
+
+
+def test_tflite_runtime_with_numpy2_is_refused_up_front():
+    from edgeloop.runtime.backends.tflite_runtime import numpy_compatible
+
+    assert numpy_compatible("2.14.0", "1.26.4")
+    assert not numpy_compatible("2.14.0", "2.4.6")
+    assert not numpy_compatible("2.13.1", "2.0.0rc1")
+    assert numpy_compatible("2.15.0", "2.1.0")  # a hypothetical release built for numpy 2

@@ -122,3 +122,21 @@ def test_quantization_parameters_are_the_models_own(engine):
     scores = model.classify(IMAGES / "bird.bmp", top_k=1001)
     total = sum(c.score for c in scores.top)
     assert total == pytest.approx(1.0, abs=0.05)  # dequantized softmax sums to ~1
+
+
+def test_fill_input_writes_in_place_and_drops_its_view(engine):
+    """Kernels write straight into the input tensor; invoke still works (no view left alive)."""
+    model = engine.load("mobilenet_v1_025")
+    array = model.prepare(IMAGES / "bird.bmp")
+    expected = model.run(array)[0]
+    interp = model._interpreter()
+    seen = []
+
+    def writer(view: np.ndarray) -> None:
+        seen.append((view.shape, view.dtype, view.flags.writeable))
+        view[...] = array
+
+    interp.fill_input(0, writer)
+    interp.invoke()  # the backends refuse to invoke while a view into their buffers is alive
+    assert seen == [((1, 128, 128, 3), np.dtype(np.uint8), True)]
+    assert np.array_equal(interp.output(0), expected)
