@@ -1,1 +1,1 @@
-"""edgeloop: firmware_bridge."""
+"""Framed serial link to microcontrollers and a simulated MCU: issue 7."""

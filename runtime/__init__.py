@@ -1,1 +1,1 @@
-"""edgeloop: runtime."""
+"""The inference engine: backends, delegates, hardware detection, models, results."""

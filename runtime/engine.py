@@ -186,14 +186,17 @@ class Engine:
     def _load_artifact(self, entry: ModelEntry, artifact: Artifact, delegate: DelegateSpec | None,
                        fallback: str | None = None) -> LoadedModel:
         backend = self.backend
-        if delegate is not None:
-            # Load the delegate first: a missing library must not cost a child process.
-            load_delegate(backend, delegate)
+        # Load the delegate first: a missing library must not cost a child process.
+        # The first interpreter takes this instance; each later thread loads its own.
+        preloaded = [load_delegate(backend, delegate)] if delegate is not None else []
         self._check_file(entry, artifact, delegate)
         config = self.config
 
         def make() -> Any:
-            delegates = [load_delegate(backend, delegate)] if delegate is not None else []
+            if preloaded:
+                delegates = [preloaded.pop()]
+            else:
+                delegates = [load_delegate(backend, delegate)] if delegate is not None else []
             try:
                 return backend.create(str(artifact.file), num_threads=config.num_threads,
                                       xnnpack=config.xnnpack, delegates=delegates)

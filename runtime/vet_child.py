@@ -67,9 +67,6 @@ def examine(request: dict[str, Any]) -> dict[str, Any]:
             report["error"] = {"type": "DelegateRequired", "problem": f"the model needs the {needs} delegate",
                                "fix": None}
             return report
-        if not request.get("invoke", True):
-            report["ok"] = True
-            return report
         interp = backend.create(request["path"], num_threads=int(request.get("num_threads", 1)),
                                 xnnpack=bool(request.get("xnnpack", True)), delegates=delegates)
         for n, spec_in in enumerate(interp.inputs):

@@ -28,18 +28,18 @@ from .vet_child import MARKER
 
 
 def vet_model(path: Path, *, backend: str = "auto", num_threads: int = 1, xnnpack: bool = True,
-              delegate: DelegateSpec | None = None, invoke: bool = True,
-              timeout_s: float = 60.0, use_cache: bool = True) -> dict[str, Any]:
+              delegate: DelegateSpec | None = None, timeout_s: float = 60.0,
+              use_cache: bool = True) -> dict[str, Any]:
     """Run the check in a child; return its report (``report["ok"]`` says if it passed).
 
     A crash or hang of the child becomes a report with ``error.type == "ModelRejected"``.
     A remembered pass returns ``{"ok": True, "cached": True}`` without the details.
     """
-    marker = _pass_marker(path, backend, delegate) if use_cache and invoke else None
+    marker = _pass_marker(path, backend, delegate) if use_cache else None
     if marker is not None and marker.exists():
         return {"ok": True, "path": str(path), "cached": True}
     request = {"path": str(path), "backend": backend, "num_threads": num_threads, "xnnpack": xnnpack,
-               "delegate": asdict(delegate) if delegate else None, "invoke": invoke}
+               "delegate": asdict(delegate) if delegate else None}
     try:
         proc = subprocess.run([sys.executable, "-m", "edgeloop.runtime.vet_child"],
                               input=json.dumps(request), capture_output=True, text=True,

@@ -1,1 +1,1 @@
-"""edgeloop: tools."""
+"""The edgeloop command line, benchmarks and the demo model builder."""

@@ -134,8 +134,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if report["custom_ops"]:
         print(f"  custom ops: {', '.join(report['custom_ops'])}")
     if report.get("ok"):
-        print(f"  isolated invoke: ok ({report['invoke_ms']:.2f} ms)" if "invoke_ms" in report
-              else "  isolated invoke: skipped")
+        print(f"  isolated invoke: ok ({report['invoke_ms']:.2f} ms)")
     else:
         err = report.get("error", {})
         print(f"  isolated invoke: FAILED: {err.get('problem')}")
