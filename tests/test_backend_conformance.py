@@ -140,3 +140,30 @@ def test_fill_input_writes_in_place_and_drops_its_view(engine):
     interp.invoke()  # the backends refuse to invoke while a view into their buffers is alive
     assert seen == [((1, 128, 128, 3), np.dtype(np.uint8), True)]
     assert np.array_equal(interp.output(0), expected)
+
+
+def test_multiple_inputs_and_outputs_by_their_own_quantization(engine):
+    """tests/data/multi_io.tflite (built by tools/build_demo_models): sum = a + b, joined = [a, 2b]."""
+    from edgeloop.runtime.tensors import dequantize, quantize
+
+    model = engine.load(Path(__file__).parent / "data" / "multi_io.tflite")
+    assert len(model.inputs) == 2 and len(model.outputs) == 2
+    a = np.array([[0.5, -0.25, 0.75, -0.9]])
+    b = np.array([[0.1, 0.2, -0.3, 0.4]])
+    real = {"a": a, "b": b}
+    arrays = [quantize(real["a" if "_a:" in t.name else "b"], t.quantization, t.dtype) for t in model.inputs]
+    outputs = model.run(*arrays)
+    got = {o.shape: dequantize(o, spec.quantization) for o, spec in zip(outputs, model.outputs)}
+    steps = {spec.shape: spec.quantization.scale for spec in model.outputs}
+    assert np.allclose(got[(1, 4)], a + b, atol=3 * steps[(1, 4)])
+    assert np.allclose(got[(1, 8)], np.concatenate([a, 2 * b], axis=1), atol=3 * steps[(1, 8)])
+    # and bit for bit what a bare interpreter gives for the same two arrays
+    module = engine.backend._module
+    bare = module.Interpreter(model_path=str(model.artifact.file), num_threads=engine.config.num_threads,
+                              experimental_op_resolver_type=module.OpResolverType.AUTO)
+    bare.allocate_tensors()
+    for detail, array in zip(bare.get_input_details(), arrays):
+        bare.set_tensor(detail["index"], array)
+    bare.invoke()
+    for ours, detail in zip(outputs, bare.get_output_details()):
+        assert np.array_equal(ours, bare.get_tensor(detail["index"]))

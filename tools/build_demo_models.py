@@ -23,6 +23,7 @@ from .demo_data import DIGITS_SIZE, digits_to_images
 
 SEED = 0
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+TEST_DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
 def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -101,6 +102,35 @@ def build_digits(out: Path) -> dict[str, object]:
             "tensorflow": tf.__version__}
 
 
+def build_multi_io(out: Path) -> dict[str, object]:
+    """A two-input, two-output INT8 model for the engine's tests: ``sum = a + b`` (4 values each)
+    and ``joined = concat(a, 2 * b)``; exact functions, so dequantized outputs can be checked."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(SEED)
+    a = tf.keras.layers.Input((4,), name="a")
+    b = tf.keras.layers.Input((4,), name="b")
+    total = tf.keras.layers.Add(name="sum")([a, b])
+    joined = tf.keras.layers.Concatenate(name="joined")([a, tf.keras.layers.Add()([b, b])])
+    model = tf.keras.Model([a, b], [total, joined])
+    rng = np.random.default_rng(SEED)
+
+    def representative():
+        for _ in range(200):
+            yield [rng.uniform(-1, 1, (1, 4)).astype(np.float32), rng.uniform(-1, 1, (1, 4)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    blob = converter.convert()
+    path = out / "multi_io.tflite"
+    path.write_bytes(blob)
+    return {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+
+
 MANIFEST = """\
 # The project's own demo models, built by `python -m edgeloop.tools.build_demo_models`.
 # Format: see models/manifest.py.
@@ -144,6 +174,8 @@ CARD = """\
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=MODELS_DIR)
+    parser.add_argument("--test-out", type=Path, default=TEST_DATA_DIR,
+                        help="where the test-only models go (default tests/data)")
     args = parser.parse_args(argv)
     out = args.out
     (out / "samples").mkdir(parents=True, exist_ok=True)
@@ -158,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "manifest.toml").write_text(MANIFEST.format(golden=golden, **d))
     (out / "cards" / "digits.md").write_text(CARD.format(seed=SEED, **d))
     print(json.dumps({k: v for k, v in d.items() if k != "samples"}, indent=2))
+    args.test_out.mkdir(parents=True, exist_ok=True)
+    print("building the multi-input/output test model ...", file=sys.stderr)
+    print(json.dumps(build_multi_io(args.test_out), indent=2))
     return 0
 
 
