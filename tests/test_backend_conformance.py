@@ -167,3 +167,56 @@ def test_multiple_inputs_and_outputs_by_their_own_quantization(engine):
     bare.invoke()
     for ours, detail in zip(outputs, bare.get_output_details()):
         assert np.array_equal(ours, bare.get_tensor(detail["index"]))
+
+
+def test_invoke_releases_the_gil(engine):
+    """Another Python thread runs while a thread is inside the backend's native Invoke.
+
+    A profile hook marks entry to and return from the native call in the invoking
+    thread; the watching thread can only see "inside" if Invoke let go of the GIL.
+    A switch interval longer than one invoke keeps the interpreter from forcing a
+    switch in between (checked the other way with a GIL-holding C call: never seen).
+    """
+    import sys
+
+    model = engine.load("mobilenet_v2")
+    x = model.prepare(IMAGES / "cat.bmp")
+    inside = threading.Event()
+    done = threading.Event()
+    seen_inside: list[bool] = []
+
+    def hook(frame, event, arg):
+        if getattr(arg, "__name__", "") == "Invoke":
+            if event == "c_call":
+                inside.set()
+            elif event == "c_return":
+                inside.clear()
+
+    def invoker() -> None:
+        sys.setprofile(hook)
+        try:
+            for _ in range(20):
+                model.run(x)
+        finally:
+            sys.setprofile(None)
+            done.set()
+
+    def watcher() -> None:
+        while not done.is_set():
+            # wait() sleeps without the GIL; the check after it runs with the GIL held,
+            # which it can only hold now if the invoking thread gave it up inside Invoke.
+            if inside.wait(0.01) and inside.is_set():
+                seen_inside.append(True)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.1)
+    try:
+        threads = [threading.Thread(target=watcher), threading.Thread(target=invoker)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert seen_inside == [True]
