@@ -220,3 +220,23 @@ def test_invoke_releases_the_gil(engine):
     finally:
         sys.setswitchinterval(interval)
     assert seen_inside == [True]
+
+
+def test_a_failed_input_write_leaves_the_interpreter_usable(engine):
+    """Even while the caller keeps the exception, no view into the tensor stays alive."""
+    model = engine.load("mobilenet_v1_025")
+    interp = model._interpreter()
+    errors = []
+    for bad in (np.zeros((1, 2), np.uint8), [[1, 2]]):
+        try:
+            interp.set_input(0, bad)
+        except InputError as exc:
+            errors.append(exc)
+    try:
+        interp.fill_input(0, lambda view: view.reshape(7))  # raises inside the writer
+    except InputError as exc:
+        errors.append(exc)
+    assert [type(e) for e in errors] == [InputError] * 3
+    assert "got list" in str(errors[1]) and "writing input 0 failed: ValueError" in str(errors[2])
+    interp.invoke()  # would raise "at least 1 reference to internal data" if a view survived
+    assert model.classify(IMAGES / "parrot.jpg").best.index == 89

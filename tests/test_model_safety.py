@@ -176,3 +176,17 @@ def test_a_passed_check_is_remembered_by_content_and_a_failure_is_not(engine, tm
     monkeypatch.setenv("EDGELOOP_CACHE_DIR", "off")
     engine.load(model).close()
     assert len(calls) == 5
+
+
+def test_a_hanging_check_is_cut_off_and_rejected(tmp_path, monkeypatch, backend_name):
+    from edgeloop.runtime import vetting
+
+    path = tmp_path / "slow.tflite"
+    shutil.copy(CORAL / "mobilenet_v1_0.25_128_quant.tflite", path)
+    real_run = vetting.subprocess.run
+    monkeypatch.setattr(vetting.subprocess, "run",
+                        lambda cmd, **kw: real_run([cmd[0], "-c", "import time; time.sleep(30)"], **kw))
+    monkeypatch.setenv("EDGELOOP_CACHE_DIR", "off")
+    eng = Engine(EngineConfig(backend=backend_name, vet_timeout_s=1.0), ModelStore(bundled=False))
+    with pytest.raises(ModelRejected, match=r"the isolated check of .*slow\.tflite did not finish in 1 s \(hang\)"):
+        eng.load(path)

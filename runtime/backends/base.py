@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -52,24 +52,33 @@ class BackendInterpreter:
     def set_input(self, position: int, array: np.ndarray) -> None:
         """Copy ``array`` straight into input tensor ``position`` (shape and dtype must match)."""
         self._check_open()
-        view = self._input_buffers[position]()
-        if array.shape != view.shape or array.dtype != view.dtype:
-            spec = self.inputs[position]
+        spec = self.inputs[position]
+        # Checked before any view exists: a traceback holding a view would block every later invoke.
+        if getattr(array, "shape", None) != spec.shape or getattr(array, "dtype", None) != spec.dtype:
+            got = (f"shape {list(array.shape)} dtype {array.dtype.name}" if isinstance(array, np.ndarray)
+                   else type(array).__name__)
             raise InputError(
-                f"input {position} ('{spec.name}') needs shape {list(view.shape)} dtype {view.dtype.name}, "
-                f"got shape {list(array.shape)} dtype {array.dtype.name}",
+                f"input {position} ('{spec.name}') needs shape {list(spec.shape)} dtype {spec.dtype.name}, got {got}",
                 "resize/convert the input to the model's input spec (see 'edgeloop models inspect')")
+        view = self._input_buffers[position]()
         np.copyto(view, array, casting="no")
         del view  # the backend refuses to invoke while a view into its buffers is alive
 
-    def fill_input(self, position: int, writer: Any) -> None:
-        """Let ``writer(view)`` write input ``position`` in place (zero copy)."""
+    def fill_input(self, position: int, writer: Callable[[np.ndarray], None]) -> None:
+        """Let ``writer(view)`` write input ``position`` in place (zero copy).
+
+        ``writer`` must not keep the view: the backend refuses to invoke while one is alive.
+        """
         self._check_open()
         view = self._input_buffers[position]()
         try:
             writer(view)
-        finally:
+        except Exception as exc:
             del view
+            exc.__traceback__ = None  # its frames would keep the view, and so block invoke
+            raise InputError(f"writing input {position} failed: {type(exc).__name__}: {exc}",
+                             "check the writer (kernel) against the input spec") from None
+        del view
 
     def invoke(self) -> None:
         native = self._check_open()
