@@ -1,9 +1,12 @@
-"""Images to input tensors: decode, colour order, resize, normalize, quantize.
+"""Images and camera frames to input tensors, by the manifest's input spec.
 
-Follows the manifest's input spec; for an unregistered model the documented
-default is: resize (bilinear) to the input's height and width, RGB (or grey
-for one channel or an NHW input), and pixels fed as-is to uint8 inputs,
-shifted by -128 for int8 inputs, and scaled to [-1, 1] for float inputs.
+The pixels go through the fused preprocess kernel (crop, colour conversion,
+resize, normalize, quantize in one pass), straight into the tensor when the
+caller hands in the interpreter's input view. For an unregistered model the
+documented default is: bilinear resize (TensorFlow's half-pixel, no antialias)
+to the input's height and width, RGB (or grey for one channel or an NHW input),
+pixels fed as-is to uint8 inputs, shifted by -128 for int8 inputs, and scaled to
+[-1, 1] for float inputs.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ import numpy as np
 
 from edgeloop.models.manifest import InputSpec
 
+from . import kernels
 from .errors import InputError
-from .tensors import TensorSpec, quantize
-
-_RESAMPLE = {"bilinear": "BILINEAR", "nearest": "NEAREST", "area": "BOX"}
+from .tensors import TensorSpec
 
 
 def load_image(path: Path) -> Any:
@@ -34,7 +36,7 @@ def load_image(path: Path) -> Any:
 
 
 def geometry(spec: TensorSpec, input_spec: InputSpec) -> tuple[int, int, int]:
-    """(height, width, channels) the model's image input expects."""
+    """(height, width, channels) the model's image input expects (channels 0: no channel axis)."""
     shape = spec.shape
     if input_spec.layout == "NHW" or len(shape) == 3:
         if len(shape) != 3:
@@ -48,44 +50,49 @@ def geometry(spec: TensorSpec, input_spec: InputSpec) -> tuple[int, int, int]:
     return shape[1], shape[2], shape[3]
 
 
+def kernel_options(spec: TensorSpec, input_spec: InputSpec) -> dict[str, Any]:
+    """Normalization and quantization for the preprocess kernel, from the manifest and the tensor."""
+    height, width, channels = geometry(spec, input_spec)
+    if channels not in (0, 1, 3):
+        raise InputError(f"input '{spec.name}' has {channels} channels; images give 1 or 3",
+                         "feed a .npy array in the model's own layout")
+    options: dict[str, Any] = {"resize": input_spec.resize,
+                               "color": "GRAY" if channels in (0, 1) or input_spec.color == "GRAY"
+                               else input_spec.color}
+    mean, std = input_spec.mean, input_spec.std
+    quant = spec.quantization
+    if mean is None or std is None:
+        # The documented defaults: pixels as-is (uint8), -128 (int8), [-1, 1] (float).
+        defaults = {"uint8": (0.0, 1.0), "int8": (128.0, 1.0)}
+        mean, std = defaults.get(spec.dtype.name, (127.5, 127.5))
+        return {**options, "mean": mean, "std": std}
+    if spec.dtype.kind in "iu":
+        if quant is None:
+            raise InputError(f"input '{spec.name}' is {spec.dtype.name} without quantization parameters, "
+                             "so mean/std cannot be applied", "drop input.mean/std for this model")
+        options.update(scale=quant.scale, zero_point=quant.zero_point)
+    return {**options, "mean": mean, "std": std}
+
+
+def write_frame(frame: np.ndarray, fmt: str, out: np.ndarray, spec: TensorSpec, input_spec: InputSpec,
+                roi: tuple[int, int, int, int] | None = None) -> None:
+    """Preprocess ``frame`` (a camera frame in ``fmt``) into ``out`` (NHWC/NHW, e.g. the tensor's own view)."""
+    try:
+        kernels.preprocess(frame, fmt, out, roi=roi, **kernel_options(spec, input_spec))
+    except ValueError as exc:
+        raise InputError(f"cannot preprocess this frame: {exc}", "check the frame against its format") from exc
+
+
 def image_to_input(image: Any, spec: TensorSpec, input_spec: InputSpec = InputSpec()) -> np.ndarray:
     """An array ready for ``set_input``: the model's shape and dtype."""
-    from PIL import Image
-
-    height, width, channels = geometry(spec, input_spec)
+    _, _, channels = geometry(spec, input_spec)
     grey = channels in (0, 1) or input_spec.color == "GRAY"
-    image = image.convert("L" if grey else "RGB")
-    if image.size != (width, height):
-        image = image.resize((width, height), getattr(Image.Resampling, _RESAMPLE[input_spec.resize]))
-    pixels = np.asarray(image, dtype=np.uint8)
-    if input_spec.color == "BGR" and not grey:
-        pixels = pixels[..., ::-1]
-    if grey and channels == 3:
-        pixels = np.repeat(pixels[..., None], 3, axis=-1)
-    elif channels == 1:
-        pixels = pixels[..., None]
+    pixels = np.asarray(image.convert("L" if grey else "RGB"))
+    out = np.empty(spec.shape, spec.dtype)
     if input_spec.layout == "NCHW":
-        pixels = pixels.transpose(2, 0, 1)
-    return normalize(pixels[None], spec, input_spec)
-
-
-def normalize(pixels: np.ndarray, spec: TensorSpec, input_spec: InputSpec) -> np.ndarray:
-    """uint8 pixels to the model's dtype by ``(p - mean) / std`` and its quantization."""
-    dtype = spec.dtype
-    quant = spec.quantization
-    mean, std = input_spec.mean, input_spec.std
-    if mean is None or std is None:
-        if dtype == np.uint8:
-            return np.ascontiguousarray(pixels)
-        if dtype == np.int8:
-            return (pixels.astype(np.int16) - 128).astype(np.int8)
-        mean, std = 127.5, 127.5
-    if quant is not None and dtype.kind in "iu":
-        # Pixels land on the quantized grid exactly: skip the float round trip.
-        if abs(quant.scale * std - 1.0) < 1e-5 and abs(mean - quant.zero_point) < 1e-5 and dtype == np.uint8:
-            return np.ascontiguousarray(pixels)
-        return quantize((pixels.astype(np.float32) - mean) / std, quant, dtype)
-    if dtype.kind != "f":
-        raise InputError(f"input '{spec.name}' is {dtype.name} without quantization parameters",
-                         "feed a .npy array in the model's own units")
-    return ((pixels.astype(np.float32) - mean) / std).astype(dtype)
+        hwc = np.empty((spec.shape[2], spec.shape[3], spec.shape[1]), spec.dtype)
+        write_frame(pixels, "GRAY" if grey else "RGB", hwc, spec, input_spec)
+        out[0] = hwc.transpose(2, 0, 1)
+        return out
+    write_frame(pixels, "GRAY" if grey else "RGB", out, spec, input_spec)
+    return out

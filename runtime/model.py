@@ -15,7 +15,7 @@ from edgeloop.models.manifest import Artifact, ModelEntry
 from . import results
 from .backends import BackendInterpreter
 from .errors import InferenceError, InputError
-from .image_input import image_to_input, load_image
+from .image_input import image_to_input, load_image, write_frame
 from .tensors import TensorSpec
 
 
@@ -107,6 +107,9 @@ class LoadedModel:
         interp = self._interpreter()
         for position, array in enumerate(arrays):
             interp.set_input(position, array)
+        return self._invoke(interp)
+
+    def _invoke(self, interp: BackendInterpreter) -> list[np.ndarray]:
         start = time.perf_counter()
         try:
             interp.invoke()
@@ -139,6 +142,21 @@ class LoadedModel:
         if not path.is_file():
             raise InputError(f"input {path} does not exist", "check the path")
         return image_to_input(load_image(path), spec, self.entry.input)
+
+    def run_frame(self, frame: np.ndarray, fmt: str = "RGB",
+                  roi: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:
+        """A camera frame (RGB, BGR, RGBA, GRAY, YUYV or NV12) preprocessed straight into the
+        input tensor by the fused kernel, then invoked; returns copies of the outputs."""
+        if self._closed:
+            raise InferenceError(f"model '{self.name}' is closed", "load it again")
+        spec = self.inputs[0]
+        if self.entry.input.layout == "NCHW":  # the kernel writes NHWC: transpose on the way in
+            hwc = np.empty((spec.shape[2], spec.shape[3], spec.shape[1]), spec.dtype)
+            write_frame(frame, fmt, hwc, spec, self.entry.input, roi)
+            return self.run(hwc.transpose(2, 0, 1)[None])
+        interp = self._interpreter()
+        interp.fill_input(0, lambda view: write_frame(frame, fmt, view, spec, self.entry.input, roi))
+        return self._invoke(interp)
 
     def decode(self, outputs: Sequence[np.ndarray], top_k: int = 5) -> results.Result:
         """Typed result by the manifest's ``output.decode`` (raw for unregistered models)."""

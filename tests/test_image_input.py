@@ -8,7 +8,7 @@ from PIL import Image
 
 from edgeloop.models.manifest import InputSpec
 from edgeloop.runtime.errors import InputError
-from edgeloop.runtime.image_input import image_to_input, normalize
+from edgeloop.runtime.image_input import image_to_input, write_frame
 from edgeloop.runtime.tensors import Quantization, TensorSpec
 
 
@@ -45,14 +45,24 @@ def test_resize_to_the_models_size(rgb):
 
 
 def test_mean_std_then_the_models_quantization():
-    pixels = np.array([[0, 128, 255]], np.uint8)
+    pixels = np.array([[0, 128, 255]], np.uint8)  # a 1x3 grey frame
+
+    def fed(tensor: TensorSpec, input_spec: InputSpec) -> list:
+        out = np.empty(tensor.shape, tensor.dtype)
+        write_frame(pixels, "GRAY", out, tensor, input_spec)
+        return out.reshape(-1).tolist()
+
     # int8 model, scale 1/128, zero 0: real = (p - 128) / 128 -> q = p - 128
-    got = normalize(pixels, spec((1, 3), np.int8, scale=1 / 128, zero=0), InputSpec(mean=128.0, std=128.0))
-    assert got.tolist() == [[-128, 0, 127]]
-    floats = normalize(pixels, spec((1, 3), np.float32), InputSpec())
-    assert np.allclose(floats, [[-1.0, 0.003921568, 1.0]])
-    shifted = normalize(pixels, spec((1, 3), np.int8, scale=1.0), InputSpec())
-    assert shifted.tolist() == [[-128, 0, 127]]
+    assert fed(spec((1, 1, 3, 1), np.int8, scale=1 / 128), InputSpec(mean=128.0, std=128.0)) == [-128, 0, 127]
+    assert np.allclose(fed(spec((1, 1, 3, 1), np.float32), InputSpec()), [-1.0, 0.003921568, 1.0], atol=1e-6)
+    assert fed(spec((1, 1, 3, 1), np.int8, scale=1.0), InputSpec()) == [-128, 0, 127]  # default: p - 128
+    assert fed(spec((1, 1, 3, 1), np.uint8, scale=0.5, zero=9), InputSpec()) == [0, 128, 255]  # as-is
+
+
+def test_integer_input_without_quantization_is_refused():
+    with pytest.raises(InputError, match="without quantization parameters"):
+        write_frame(np.zeros((2, 2), np.uint8), "GRAY", np.empty((1, 2, 2, 1), np.int8),
+                    spec((1, 2, 2, 1), np.int8), InputSpec(mean=0.0, std=1.0))
 
 
 def test_image_cannot_feed_a_vector_input(rgb):

@@ -1,0 +1,129 @@
+"""The C path: thin wrappers that hand numpy buffers to the cffi extension."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from .native_rows import standard_rows
+from .plan import DTYPE_CODES, FORMAT_CODES, Plan
+
+NAME = "c"
+# A path to another build of the same sources (the AddressSanitizer build of the tests).
+MODULE_ENV = "EDGELOOP_KERNELS_NATIVE"
+
+
+def _load() -> Any:
+    path = os.environ.get(MODULE_ENV)
+    if path:
+        name = os.path.basename(path).split(".")[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{MODULE_ENV}={path} is not an extension module")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return importlib.import_module("edgeloop.runtime.kernels._native")
+
+
+_mod = _load()
+ffi, lib = _mod.ffi, _mod.lib
+
+
+def _ptr(kind: str, array: np.ndarray) -> Any:
+    # The address of element [0, 0, ...] works for any strides; callers keep `array` alive.
+    return ffi.cast(kind, array.__array_interface__["data"][0])
+
+
+def _c(array: np.ndarray, dtype: Any) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
+    src = standard_rows(src)
+    uv = src[plan.src_h:] if plan.fmt == "NV12" else src
+    y, x = plan.ytaps, plan.xtaps
+    x_lo, x_hi = int(x.index.min()), int(x.index.max()) + 1
+    keep = (src, uv, out, y.start, y.index, y.weight, x.start, x.index, x.weight, plan.alpha, plan.beta, plan.pad)
+    status = lib.el_preprocess(
+        _ptr("uint8_t *", src), src.strides[0], _ptr("uint8_t *", uv), uv.strides[0], FORMAT_CODES[plan.fmt],
+        plan.out_h, plan.out_w, plan.out_c, DTYPE_CODES[plan.out_dtype], _ptr("void *", out),
+        *plan.inner,
+        _ptr("int32_t *", y.start), _ptr("int32_t *", y.index), _ptr("float *", y.weight),
+        _ptr("int32_t *", x.start), _ptr("int32_t *", x.index), _ptr("float *", x.weight),
+        _ptr("float *", plan.alpha), _ptr("float *", plan.beta), _ptr("void *", plan.pad), int(plan.swap_rb),
+        x_lo, x_hi)
+    del keep
+    if status != 0:
+        raise MemoryError("preprocess: out of memory for the column buffer")
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    q = np.ascontiguousarray(q)
+    if q.dtype not in (np.uint8, np.int8):
+        raise ValueError(f"q: dtype {q.dtype}, expected uint8 or int8")
+    out = np.empty(q.shape, np.float32)
+    lib.el_dequantize(_ptr("void *", q), DTYPE_CODES[q.dtype], q.size, scale, zero_point, _ptr("float *", out))
+    return out
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = _c(x, np.float32)
+    out = np.empty_like(x)
+    n = x.shape[-1] if x.ndim else 1
+    lib.el_softmax(_ptr("float *", x), x.size // max(n, 1), n, _ptr("float *", out))
+    return out
+
+
+def topk(scores: np.ndarray, k: int) -> np.ndarray:
+    scores = _c(scores, np.float32).reshape(-1)
+    out = np.empty(min(k, scores.size), np.int64)
+    if lib.el_topk(_ptr("float *", scores), scores.size, out.size, _ptr("int64_t *", out)) < 0:
+        raise MemoryError("topk: out of memory")
+    return out
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_threshold: float,
+        score_threshold: float, max_detections: int) -> np.ndarray:
+    boxes, scores = _c(boxes, np.float32), _c(scores, np.float32)
+    cls = None if classes is None else _c(classes, np.int32)
+    keep = np.empty(max(min(max_detections, scores.size), 1), np.int64)
+    n = lib.el_nms(_ptr("float *", boxes), _ptr("float *", scores),
+                   ffi.NULL if cls is None else _ptr("int32_t *", cls), scores.size, iou_threshold,
+                   score_threshold, max_detections, _ptr("int64_t *", keep))
+    if n < 0:
+        raise MemoryError("nms: out of memory")
+    return keep[:n].copy()
+
+
+def keypoints(heatmaps: np.ndarray) -> np.ndarray:
+    hm = _c(heatmaps, np.float32)
+    h, w, k = hm.shape
+    out = np.empty((k, 3), np.float32)
+    lib.el_keypoints(_ptr("float *", hm), h, w, k, _ptr("float *", out))
+    return out
+
+
+def l2_normalize(v: np.ndarray) -> np.ndarray:
+    v = _c(v, np.float32).reshape(-1)
+    out = np.empty_like(v)
+    lib.el_l2_normalize(_ptr("float *", v), v.size, _ptr("float *", out))
+    return out
+
+
+def quantize_int8(v: np.ndarray) -> np.ndarray:
+    v = _c(v, np.float32)
+    out = np.empty(v.shape, np.int8)
+    lib.el_quantize_int8(_ptr("float *", v), v.size, _ptr("int8_t *", out))
+    return out
+
+
+def binarize(v: np.ndarray) -> np.ndarray:
+    v = _c(v, np.float32).reshape(-1)
+    out = np.empty((v.size + 7) // 8, np.uint8)
+    lib.el_binarize(_ptr("float *", v), v.size, _ptr("uint8_t *", out))
+    return out
