@@ -43,6 +43,12 @@ def _c(array: np.ndarray, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _end_offset(src: np.ndarray) -> int:
+    """Bytes from element [0, 0] to one past the frame's last byte in memory (rows packed)."""
+    last_row = (src.shape[0] - 1) * src.strides[0] if src.strides[0] > 0 else 0
+    return last_row + src[0].nbytes
+
+
 def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
     src = standard_rows(src)
     uv = src[plan.src_h:] if plan.fmt == "NV12" else src
@@ -56,7 +62,7 @@ def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
         _ptr("int32_t *", y.start), _ptr("int32_t *", y.index), _ptr("float *", y.weight),
         _ptr("int32_t *", x.start), _ptr("int32_t *", x.index), _ptr("float *", x.weight),
         _ptr("float *", plan.alpha), _ptr("float *", plan.beta), _ptr("void *", plan.pad), int(plan.swap_rb),
-        x_lo, x_hi)
+        x_lo, x_hi, _ptr("uint8_t *", src) + _end_offset(src))
     del keep
     if status != 0:
         raise MemoryError("preprocess: out of memory for the column buffer")
