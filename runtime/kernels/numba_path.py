@@ -7,6 +7,8 @@ order, as the reference; no fastmath, so no reassociation or contraction.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
 
@@ -17,21 +19,19 @@ NAME = "numba"
 F = np.float32
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always")  # numba IR inlining: a call per pixel costs 10x
 def _clamp255(v):
     return F(0.0) if v < F(0.0) else (F(255.0) if v > F(255.0) else v)
 
 
-@njit(cache=True)
-def _pixel(src, uvp, fmt, out_c, swap, y, x, out):
-    # src is 2-d: (rows, bytes per row), whatever the format.
+@njit(cache=True, inline="always")  # numba IR inlining: a call per pixel costs 10x
+def _px(src, uvp, fmt, out_c, y, x):
+    """Source pixel (y, x) as float32 (r, g, b), or (luma, 0, 0) for one output channel.
+    ``src`` is 2-d: rows of bytes, whatever the format."""
     if fmt == 3:  # GRAY
         g = F(src[y, x])
-        if out_c == 1:
-            out[0] = g
-            return
-        r, gg, b = g, g, g
-    elif fmt == 0:  # RGB
+        return g, g, g
+    if fmt == 0:  # RGB
         r, gg, b = F(src[y, 3 * x]), F(src[y, 3 * x + 1]), F(src[y, 3 * x + 2])
     elif fmt == 1:  # BGR
         r, gg, b = F(src[y, 3 * x + 2]), F(src[y, 3 * x + 1]), F(src[y, 3 * x])
@@ -53,52 +53,87 @@ def _pixel(src, uvp, fmt, out_c, swap, y, x, out):
         gg = _clamp255(c - F(0.392) * d - F(0.813) * e)
         b = _clamp255(c + F(2.017) * d)
     if out_c == 1:
-        out[0] = F(0.299) * r + F(0.587) * gg + F(0.114) * b
-    elif swap:
-        out[0], out[1], out[2] = b, gg, r
-    else:
-        out[0], out[1], out[2] = r, gg, b
+        return F(0.299) * r + F(0.587) * gg + F(0.114) * b, F(0.0), F(0.0)
+    return r, gg, b
 
 
-@njit(cache=True)
-def _store(dst, i, dtype, v):
+@njit(cache=True, inline="always")  # numba IR inlining: a call per pixel costs 10x
+def _quant(dtype, v):
+    # As the C path: clamp (so the int conversion is defined), truncate, step away from zero.
     if dtype == 2:
-        dst[i] = v
+        return v
+    lo, hi = (F(0.0), F(255.0)) if dtype == 0 else (F(-128.0), F(127.0))
+    v = min(max(v, lo), hi)
+    t = F(np.int32(v))
+    frac = v - t
+    if frac >= F(0.5):
+        return t + F(1.0)
+    if frac <= F(-0.5):
+        return t - F(1.0)
+    return t
+
+
+@njit(cache=True, inline="always")  # numba IR inlining: a call per pixel costs 10x
+def _store3(dst, at, dtype, out_c, o0, o1, o2, swap, alpha, beta):
+    if out_c == 1:
+        dst[at] = _quant(dtype, o0 * alpha[0] + beta[0])
         return
-    t = np.trunc(v)
-    q = t + (np.sign(v) if abs(v - t) >= F(0.5) else F(0.0))
-    if dtype == 0:
-        dst[i] = min(max(q, F(0.0)), F(255.0))
-    else:
-        dst[i] = min(max(q, F(-128.0)), F(127.0))
+    if swap:
+        o0, o2 = o2, o0
+    dst[at] = _quant(dtype, o0 * alpha[0] + beta[0])
+    dst[at + 1] = _quant(dtype, o1 * alpha[1] + beta[1])
+    dst[at + 2] = _quant(dtype, o2 * alpha[2] + beta[2])
 
 
-@njit(cache=True)
-def _preprocess(src, uvp, fmt, out_c, swap, dst, out_h, out_w, dtype, inner, ys, yi, yw, xs, xi, xw,
-                alpha, beta, pad):
-    ix, iy, iw, ih = inner[0], inner[1], inner[2], inner[3]
-    for p in range(out_h * out_w):
-        py, px = p // out_w, p % out_w
-        if py < iy or py >= iy + ih or px < ix or px >= ix + iw:
-            for c in range(out_c):
-                dst[p * out_c + c] = pad[c]
-    pix = np.zeros(3, F)
-    t = np.zeros(3, F)
-    o = np.zeros(3, F)
-    for oy in range(ih):
-        row_out = ((iy + oy) * out_w + ix) * out_c
-        for ox in range(iw):
-            o[:] = F(0.0)
-            for j in range(xs[ox], xs[ox + 1]):
-                t[:] = F(0.0)
-                for k in range(ys[oy], ys[oy + 1]):
-                    _pixel(src, uvp, fmt, out_c, swap, yi[k], xi[j], pix)
-                    for c in range(out_c):
-                        t[c] += yw[k] * pix[c]
+@lru_cache(maxsize=None)
+def _kernel(fmt: int):
+    """The preprocess loop compiled for one pixel format: ``fmt`` is a closure constant, so
+    the format switch in ``_px`` folds away (a runtime switch there costs 10x)."""
+
+    @njit(cache=True)
+    def kernel(src, uvp, out_c, swap, dst, out_h, out_w, dtype, inner, ys, yi, yw, xs, xi, xw,
+               alpha, beta, pad, x_lo, x_hi):
+        ix, iy, iw, ih = inner[0], inner[1], inner[2], inner[3]
+        for py in range(out_h):
+            inside_row = iy <= py < iy + ih
+            for px in range(out_w):
+                if inside_row and ix <= px < ix + iw:
+                    continue
                 for c in range(out_c):
-                    o[c] += xw[j] * t[c]
-            for c in range(out_c):
-                _store(dst, row_out + ox * out_c + c, dtype, o[c] * alpha[c] + beta[c])
+                    dst[(py * out_w + px) * out_c + c] = pad[c]
+        # Many horizontal taps (area): column sums per output row first, like the C path.
+        buffered = xs[iw] > x_hi - x_lo
+        acc = np.zeros((x_hi - x_lo, 3), F)
+        for oy in range(ih):
+            at = ((iy + oy) * out_w + ix) * out_c
+            if buffered:
+                acc[:, :] = F(0.0)
+                for k in range(ys[oy], ys[oy + 1]):
+                    w = yw[k]
+                    for x in range(x_lo, x_hi):
+                        p0, p1, p2 = _px(src, uvp, fmt, out_c, yi[k], x)
+                        acc[x - x_lo, 0] += w * p0
+                        acc[x - x_lo, 1] += w * p1
+                        acc[x - x_lo, 2] += w * p2
+            for ox in range(iw):
+                o0 = o1 = o2 = F(0.0)
+                for j in range(xs[ox], xs[ox + 1]):
+                    if buffered:
+                        t0, t1, t2 = acc[xi[j] - x_lo, 0], acc[xi[j] - x_lo, 1], acc[xi[j] - x_lo, 2]
+                    else:
+                        t0 = t1 = t2 = F(0.0)
+                        for k in range(ys[oy], ys[oy + 1]):
+                            p0, p1, p2 = _px(src, uvp, fmt, out_c, yi[k], xi[j])
+                            t0 += yw[k] * p0
+                            t1 += yw[k] * p1
+                            t2 += yw[k] * p2
+                    w = xw[j]
+                    o0 += w * t0
+                    o1 += w * t1
+                    o2 += w * t2
+                _store3(dst, at + ox * out_c, dtype, out_c, o0, o1, o2, swap, alpha, beta)
+
+    return kernel
 
 
 def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
@@ -108,9 +143,10 @@ def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
     src = _standard_rows(src).reshape(src.shape[0], -1)
     uv = src[plan.src_h:] if plan.fmt == "NV12" else src
     y, x = plan.ytaps, plan.xtaps
-    _preprocess(src, uv, fmt, plan.out_c, plan.swap_rb, out.reshape(-1), plan.out_h, plan.out_w,
+    _kernel(fmt)(src, uv, plan.out_c, plan.swap_rb, out.reshape(-1), plan.out_h, plan.out_w,
                 DTYPE_CODES[plan.out_dtype], np.array(plan.inner, np.int64), y.start, y.index, y.weight,
-                x.start, x.index, x.weight, plan.alpha, plan.beta, plan.pad)
+                x.start, x.index, x.weight, plan.alpha, plan.beta, plan.pad, int(x.index.min()),
+                int(x.index.max()) + 1)
 
 
 @njit(cache=True)
