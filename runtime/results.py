@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import kernels
 from .errors import InputError
 from .tensors import TensorSpec, dequantize
 
@@ -102,17 +103,13 @@ def _label(labels: Sequence[str] | None, index: int) -> str | None:
 
 def classify(output: np.ndarray, spec: TensorSpec, labels: Sequence[str] | None, top_k: int) -> Classification:
     scores = dequantize(output, spec.quantization).reshape(-1)
-    k = max(1, min(top_k, scores.size))
-    best = np.argpartition(-scores, k - 1)[:k]
     # Ties go to the lower index, so results are stable across runs and backends.
-    best = best[np.lexsort((best, -scores[best]))]
+    best = kernels.topk(scores, max(1, min(top_k, scores.size)))
     return Classification(tuple(Class(int(i), _label(labels, int(i)), float(scores[i])) for i in best))
 
 
 def embed(output: np.ndarray, spec: TensorSpec) -> Embedding:
-    vector = dequantize(output, spec.quantization).reshape(-1).astype(np.float32)
-    norm = float(np.linalg.norm(vector))
-    return Embedding(vector / norm if norm > 0 else vector)
+    return Embedding(kernels.l2_normalize(dequantize(output, spec.quantization).reshape(-1)))
 
 
 def detect(outputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], labels: Sequence[str] | None,

@@ -164,21 +164,22 @@ def test_yuv_shapes_are_checked():
 
 # -- postprocess ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", PATHS)
-def test_dequantize_softmax_topk(path):
+def test_dequantize_softmax_topk():
     rng = np.random.default_rng(7)
-    for dtype, scale, zero in ((np.uint8, 0.00390625, 0), (np.int8, 0.0235, -128), (np.uint8, 1 / 128, 128)):
-        q = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, 1001).astype(dtype)
-        if path in ("c", "numpy"):
+    for path in kernels.paths_for("dequantize"):
+        for dtype, scale, zero in ((np.uint8, 0.00390625, 0), (np.int8, 0.0235, -128), (np.uint8, 1 / 128, 128)):
+            q = rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max + 1, 1001).astype(dtype)
             assert np.array_equal(kernels.dequantize(q, scale, zero, path=path), reference.dequantize(q, scale, zero))
     logits = rng.standard_normal((3, 1001)).astype(np.float32) * 8
-    if path in ("c", "numpy"):
+    for path in kernels.paths_for("softmax"):
         got = kernels.softmax(logits, path=path)
         assert np.allclose(got, reference.softmax(logits), rtol=1e-6, atol=1e-9)
         assert np.allclose(got.sum(axis=1), 1, atol=1e-5)
-        scores = rng.integers(0, 20, 1001).astype(np.float32)  # many ties
+    scores = rng.integers(0, 20, 1001).astype(np.float32)  # many ties
+    assert kernels.paths_for("topk") == ["c", "numpy"]
+    for path in kernels.paths_for("topk"):
         for k in (1, 5, 64, 65, 1001):
-            assert np.array_equal(kernels.topk(scores, k, path=path), reference.topk(scores, k)), k
+            assert np.array_equal(kernels.topk(scores, k, path=path), reference.topk(scores, k)), (path, k)
 
 
 def random_boxes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -213,24 +214,28 @@ def test_nms_semantics():
         kernels.nms(boxes[:, :3], scores)
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_keypoints_and_embeddings(path):
+def test_keypoints_and_embeddings():
     rng = np.random.default_rng(9)
     heat = rng.standard_normal((17, 13, 5)).astype(np.float32)
     heat[0, 0, 1] = 50  # a peak on the border: no refinement there
     heat[8, 6, 2] = heat[8, 7, 2] = 50  # a tie: the first in row-major order wins
-    if path in ("c", "numpy"):
+    for path in kernels.paths_for("keypoints"):
         got = kernels.keypoints(heat, path=path)
         assert np.array_equal(got, reference.keypoints(heat))
         assert got[1, :2].tolist() == pytest.approx([0.5 / 17, 0.5 / 13])
-        v = rng.standard_normal(1024).astype(np.float32)
+    v = rng.standard_normal(1024).astype(np.float32)
+    for path in kernels.paths_for("l2_normalize"):
         unit = kernels.l2_normalize(v, path=path)
         assert np.allclose(unit, reference.l2_normalize(v), rtol=1e-6, atol=1e-9)
         assert abs(float(np.linalg.norm(unit)) - 1) < 1e-5
+        assert kernels.l2_normalize(np.zeros(4, np.float32), path=path).tolist() == [0, 0, 0, 0]
+    unit = reference.l2_normalize(v)
+    assert kernels.paths_for("quantize_int8") == ["c", "numpy"]
+    for path in kernels.paths_for("quantize_int8"):
         assert np.array_equal(kernels.quantize_int8(unit, path=path), reference.quantize_int8(unit))
+    for path in kernels.paths_for("binarize"):
         for n in (1024, 1001, 1):
             assert np.array_equal(kernels.binarize(v[:n], path=path), reference.binarize(v[:n])), n
-        assert kernels.l2_normalize(np.zeros(4, np.float32), path=path).tolist() == [0, 0, 0, 0]
 
 
 def test_crc_check_values():

@@ -20,8 +20,9 @@ BLOCK = 5  # runs per alternation block
 
 
 def register(sub: Any, common: Any) -> None:
-    p = sub.add_parser("bench", help="measure latency and engine overhead (JSON with --json)")
-    p.add_argument("model", help="registered model name or .tflite path")
+    p = sub.add_parser("bench", help="measure latency and engine overhead (JSON with --json)",
+                       description="'edgeloop bench kernels' times the pre/post-processing kernels instead.")
+    p.add_argument("model", help="registered model name or .tflite path, or 'kernels'")
     p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -31,6 +32,10 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--cold-start", metavar="IMAGE",
                    help="also time fresh 'edgeloop infer MODEL IMAGE' processes and their peak memory")
     p.add_argument("--cold-runs", type=int, default=10, help="processes for --cold-start (default 10)")
+    p.add_argument("--frame", metavar="WxH",
+                   help="also time the whole frame pipeline (frame in, top-k out) against a naive one")
+    p.add_argument("--invoke-model", metavar="MODEL",
+                   help="with 'kernels': also time this model's invoke, for the preprocess share of it")
     common(p)
     p.set_defaults(handler=run)
 
@@ -117,9 +122,14 @@ def measure(engine: Any, ref: str, runs: int | None, seconds: float, warmup: int
 def run(args: argparse.Namespace) -> int:
     from .cli import engine_from_args, print_json
 
+    if args.model == "kernels":
+        return run_kernels(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
+        if args.frame:
+            from .bench_pipeline import bench_pipeline, parse_frame
+            r["pipeline"] = bench_pipeline(engine.load(args.model), parse_frame(args.frame), args.seconds)
     finally:
         engine.close()
     if args.compare_backends:
@@ -143,9 +153,39 @@ def run(args: argparse.Namespace) -> int:
             print(f"backend {name} {b['version']}: p50 {b['p50_ms']:.3f}  p95 {b['p95_ms']:.3f} ms")
         if "tflite_runtime_over_litert_p50" in r.get("backend_comparison", {}):
             print(f"tflite_runtime / litert p50: {r['backend_comparison']['tflite_runtime_over_litert_p50']:.2f}")
+        if "pipeline" in r:
+            pl = r["pipeline"]
+            print(f"frame {pl['frame']}: fused p50 {pl['pipeline_p50_ms']:.3f} ms, naive p50 "
+                  f"{pl['naive_p50_ms']:.3f} ms, pipeline_speedup {pl['pipeline_speedup']:.2f}")
         if "cold_start" in r:
             c = r["cold_start"]
             print(f"cold start p50 {c['cold_start_p50_ms']:.0f} ms, peak RSS {c['peak_rss_mb']:.1f} MB; "
                   f"with the isolated check every start {c['cold_start_checked_p50_ms']:.0f} ms, "
                   f"{c['peak_rss_checked_mb']:.1f} MB")
+    return 0
+
+
+def run_kernels(args: argparse.Namespace) -> int:
+    from .bench_kernels import bench_kernels
+    from .cli import engine_from_args, print_json
+
+    invoke_ms = None
+    if args.invoke_model:
+        engine = engine_from_args(args)
+        try:
+            r = measure(engine, args.invoke_model, args.runs, min(args.seconds, 1.0), args.warmup)
+            invoke_ms = r["raw_p50_ms"]
+        finally:
+            engine.close()
+    report = bench_kernels(seconds=min(args.seconds, 1.0), invoke_ms=invoke_ms)
+    report["invoke_ms"] = invoke_ms
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"paths: {', '.join(report['paths'])}" + (f"; invoke {invoke_ms:.3f} ms" if invoke_ms else ""))
+    for name, rows in report["kernels"].items():
+        for size, row in (rows.items() if "fastest" not in rows else [("", rows)]):
+            times = "  ".join(f"{p} {row[p + '_ms']:.3f}" for p in ("c", "numba", "numpy") if row.get(p + "_ms") is not None)
+            extra = f"  pil {row['pil_ms']:.3f}  x{row['speedup_vs_pil']}" if "pil_ms" in row else ""
+            print(f"{name:<28} {size or row.get('input', ''):<40} {times}{extra}")
     return 0

@@ -37,7 +37,7 @@ _lock = threading.Lock()
 _announced = False
 
 __all__ = ["FORMATS", "PATHS", "RESIZES", "Plan", "available_paths", "binarize", "crc16_ccitt", "crc32",
-           "dequantize", "implementation", "keypoints", "l2_normalize", "make_plan", "nms", "path_for",
+           "dequantize", "implementation", "keypoints", "l2_normalize", "make_plan", "nms", "path_for", "paths_for",
            "preprocess", "quantize_int8", "softmax", "topk"]
 
 
@@ -66,6 +66,11 @@ def _order() -> tuple[str, ...]:
 
 def available_paths() -> list[str]:
     return [p for p in PATHS if _module(p) is not None]
+
+
+def paths_for(kernel: str) -> list[str]:
+    """The available paths that implement ``kernel`` (numpy implements every one)."""
+    return [p for p in available_paths() if hasattr(_module(p), kernel)]
 
 
 def path_for(kernel: str) -> str:

@@ -194,23 +194,39 @@ typedef struct {
 
 static vout_t vout(const job_t *j) {
     vout_t o = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {255, 255, 255, 255}, j->map[0], j->map[2]};
-    for (int k = 0; k < 3; k++) { o.alpha[j->map[k]] = j->alpha[k]; o.beta[j->map[k]] = j->beta[k]; }
+    for (int k = 0; k < j->out_c; k++) { o.alpha[j->map[k]] = j->alpha[k]; o.beta[j->map[k]] = j->beta[k]; }
     if (j->dtype == OUT_I8) { o.lo -= 128; o.hi -= 128; }
     return o;
 }
 
-/* v = o * alpha + beta, rounded and saturated, stored as one output pixel. */
+/* v = o * alpha + beta, rounded and saturated, stored as one output pixel. With
+ * ``spill`` the pixel is written as 4 bytes, the fourth landing on the next pixel of the
+ * row, which is written after it (never on the last pixel of a row). */
 static inline __attribute__((always_inline)) void store3(void *dst, long at, const int dtype, v4f o,
-                                                         const vout_t *c) {
+                                                         const vout_t *c, const int spill) {
     v4f v = o * c->alpha + c->beta;
     if (dtype == OUT_F32) {
         float *d = (float *)dst + at;
         d[0] = v[c->m0]; d[1] = v[1]; d[2] = v[c->m2];
-    } else {
-        v4i q = round_away4(v, c->lo, c->hi);
-        uint8_t *d = (uint8_t *)dst + at; /* int8 stores the same low byte */
-        d[0] = (uint8_t)q[c->m0]; d[1] = (uint8_t)q[1]; d[2] = (uint8_t)q[c->m2];
+        return;
     }
+    v4i q = round_away4(v, c->lo, c->hi);
+    uint8_t *d = (uint8_t *)dst + at; /* int8 stores the same low byte */
+#if defined(__SSE2__)
+    __m128i x = (__m128i)q;
+    if (c->m0 == 2) x = _mm_shuffle_epi32(x, _MM_SHUFFLE(3, 0, 1, 2));
+    x = _mm_packs_epi32(x, x); /* lanes are already within the output range */
+    x = dtype == OUT_I8 ? _mm_packs_epi16(x, x) : _mm_packus_epi16(x, x);
+    uint32_t word = (uint32_t)_mm_cvtsi128_si32(x);
+    if (spill) {
+        memcpy(d, &word, 4);
+    } else {
+        d[0] = (uint8_t)word; d[1] = (uint8_t)(word >> 8); d[2] = (uint8_t)(word >> 16);
+    }
+#else
+    (void)spill;
+    d[0] = (uint8_t)q[c->m0]; d[1] = (uint8_t)q[1]; d[2] = (uint8_t)q[c->m2];
+#endif
 }
 
 static inline __attribute__((always_inline)) void bilinear_row(const job_t *j, const uint8_t *r0,
@@ -231,7 +247,9 @@ static inline __attribute__((always_inline)) void bilinear_row(const job_t *j, c
             t0 = wy0 * load4(r0 + a) + wy1 * load4(r1 + a);
             t1 = wy0 * load4(r0 + b) + wy1 * load4(r1 + b);
         }
-        store3(j->dst, at, dtype, j->xw[2 * ox] * t0 + j->xw[2 * ox + 1] * t1, c);
+        v4f o = j->xw[2 * ox] * t0 + j->xw[2 * ox + 1] * t1;
+        if (ox + 1 < j->in_w) store3(j->dst, at, dtype, o, c, 1);
+        else store3(j->dst, at, dtype, o, c, 0);
     }
 }
 
@@ -320,7 +338,8 @@ static inline __attribute__((always_inline)) void horizontal3(const job_t *j, co
             memcpy(&col, acc + 3L * (xi[t] - x_lo), sizeof col);
             o += xw[t] * col;
         }
-        store3(j->dst, at, dtype, o, c);
+        if (ox + 1 < j->in_w) store3(j->dst, at, dtype, o, c, 1);
+        else store3(j->dst, at, dtype, o, c, 0);
     }
 }
 
@@ -441,28 +460,6 @@ int el_preprocess(const uint8_t *src, long row_stride, const uint8_t *uv, long u
     return 0;
 }
 
-void el_dequantize(const void *q, int dtype, long n, float scale, int zero_point, float *out) {
-    float zp = (float)zero_point;
-    if (dtype == OUT_U8) {
-        for (long i = 0; i < n; i++) out[i] = ((float)((const uint8_t *)q)[i] - zp) * scale;
-    } else {
-        for (long i = 0; i < n; i++) out[i] = ((float)((const int8_t *)q)[i] - zp) * scale;
-    }
-}
-
-void el_softmax(const float *x, long rows, long n, float *out) {
-    for (long r = 0; r < rows; r++) {
-        const float *in = x + r * n;
-        float *o = out + r * n;
-        float m = in[0];
-        for (long i = 1; i < n; i++) m = in[i] > m ? in[i] : m;
-        double sum = 0.0;
-        for (long i = 0; i < n; i++) { o[i] = expf(in[i] - m); sum += o[i]; }
-        float s = (float)sum;
-        for (long i = 0; i < n; i++) o[i] = o[i] / s;
-    }
-}
-
 /* Score order: higher first, then lower index. */
 static const float *g_scores;
 static int by_score(const void *a, const void *b) {
@@ -506,15 +503,10 @@ static inline float box_iou(const float *a, const float *b) {
     return uni > 0.0f ? inter / uni : 0.0f;
 }
 
-long el_nms(const float *boxes, const float *scores, const int32_t *classes, long n, float iou_threshold,
-            float score_threshold, int max_detections, int64_t *keep) {
-    int64_t *order = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
-    if (!order) return -1;
-    long candidates = 0;
-    for (long i = 0; i < n; i++)
-        if (scores[i] > score_threshold) order[candidates++] = i;
-    g_scores = scores;
-    qsort(order, (size_t)candidates, sizeof(int64_t), by_score);
+/* Greedy NMS over candidates already in score order (the caller sorts: numpy's sort
+ * beats qsort with a comparator callback). */
+long el_nms(const float *boxes, const int32_t *classes, const int64_t *order, long candidates,
+            float iou_threshold, int max_detections, int64_t *keep) {
     long kept = 0;
     for (long c = 0; c < candidates && kept < max_detections; c++) {
         int64_t i = order[c];
@@ -526,7 +518,6 @@ long el_nms(const float *boxes, const float *scores, const int32_t *classes, lon
         }
         if (!suppressed) keep[kept++] = i;
     }
-    free(order);
     return kept;
 }
 
@@ -554,22 +545,9 @@ void el_keypoints(const float *hm, int h, int w, int k, float *out) {
     }
 }
 
-void el_l2_normalize(const float *v, long n, float *out) {
-    double sum = 0.0;
-    for (long i = 0; i < n; i++) sum += (double)v[i] * (double)v[i];
-    float norm = (float)sqrt(sum);
-    for (long i = 0; i < n; i++) out[i] = norm > 0.0f ? v[i] / norm : v[i];
-}
-
 void el_quantize_int8(const float *v, long n, int8_t *out) {
     for (long i = 0; i < n; i++) {
         float q = roundf(v[i] * 127.0f);
         out[i] = (int8_t)(q < -128.0f ? -128.0f : (q > 127.0f ? 127.0f : q));
     }
-}
-
-void el_binarize(const float *v, long n, uint8_t *out) {
-    memset(out, 0, (size_t)((n + 7) / 8));
-    for (long i = 0; i < n; i++)
-        if (v[i] > 0.0f) out[i >> 3] |= (uint8_t)(0x80u >> (i & 7));
 }

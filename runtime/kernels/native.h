@@ -8,12 +8,8 @@ int el_preprocess(const uint8_t *src, long row_stride, const uint8_t *uv, long u
                   const int32_t *xs, const int32_t *xi, const float *xw,
                   const float *alpha, const float *beta, const void *pad, int swap_rb,
                   int x_lo, int x_hi, const uint8_t *src_end);
-void el_dequantize(const void *q, int dtype, long n, float scale, int zero_point, float *out);
-void el_softmax(const float *x, long rows, long n, float *out);
 int el_topk(const float *scores, long n, int k, int64_t *out);
-long el_nms(const float *boxes, const float *scores, const int32_t *classes, long n, float iou_threshold,
-            float score_threshold, int max_detections, int64_t *keep);
+long el_nms(const float *boxes, const int32_t *classes, const int64_t *order, long candidates,
+            float iou_threshold, int max_detections, int64_t *keep);
 void el_keypoints(const float *hm, int h, int w, int k, float *out);
-void el_l2_normalize(const float *v, long n, float *out);
 void el_quantize_int8(const float *v, long n, int8_t *out);
-void el_binarize(const float *v, long n, uint8_t *out);

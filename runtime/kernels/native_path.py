@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .native_rows import standard_rows
+from .native_rows import candidate_order, standard_rows
 from .plan import DTYPE_CODES, FORMAT_CODES, Plan
 
 NAME = "c"
@@ -68,23 +68,6 @@ def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
         raise MemoryError("preprocess: out of memory for the column buffer")
 
 
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    q = np.ascontiguousarray(q)
-    if q.dtype not in (np.uint8, np.int8):
-        raise ValueError(f"q: dtype {q.dtype}, expected uint8 or int8")
-    out = np.empty(q.shape, np.float32)
-    lib.el_dequantize(_ptr("void *", q), DTYPE_CODES[q.dtype], q.size, scale, zero_point, _ptr("float *", out))
-    return out
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    x = _c(x, np.float32)
-    out = np.empty_like(x)
-    n = x.shape[-1] if x.ndim else 1
-    lib.el_softmax(_ptr("float *", x), x.size // max(n, 1), n, _ptr("float *", out))
-    return out
-
-
 def topk(scores: np.ndarray, k: int) -> np.ndarray:
     scores = _c(scores, np.float32).reshape(-1)
     out = np.empty(min(k, scores.size), np.int64)
@@ -97,12 +80,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_t
         score_threshold: float, max_detections: int) -> np.ndarray:
     boxes, scores = _c(boxes, np.float32), _c(scores, np.float32)
     cls = None if classes is None else _c(classes, np.int32)
-    keep = np.empty(max(min(max_detections, scores.size), 1), np.int64)
-    n = lib.el_nms(_ptr("float *", boxes), _ptr("float *", scores),
-                   ffi.NULL if cls is None else _ptr("int32_t *", cls), scores.size, iou_threshold,
-                   score_threshold, max_detections, _ptr("int64_t *", keep))
-    if n < 0:
-        raise MemoryError("nms: out of memory")
+    order = candidate_order(scores, score_threshold)
+    keep = np.empty(max(min(max_detections, order.size), 1), np.int64)
+    n = lib.el_nms(_ptr("float *", boxes), ffi.NULL if cls is None else _ptr("int32_t *", cls),
+                   _ptr("int64_t *", order), order.size, iou_threshold, max_detections, _ptr("int64_t *", keep))
     return keep[:n].copy()
 
 
@@ -114,13 +95,6 @@ def keypoints(heatmaps: np.ndarray) -> np.ndarray:
     return out
 
 
-def l2_normalize(v: np.ndarray) -> np.ndarray:
-    v = _c(v, np.float32).reshape(-1)
-    out = np.empty_like(v)
-    lib.el_l2_normalize(_ptr("float *", v), v.size, _ptr("float *", out))
-    return out
-
-
 def quantize_int8(v: np.ndarray) -> np.ndarray:
     v = _c(v, np.float32)
     out = np.empty(v.shape, np.int8)
@@ -128,8 +102,3 @@ def quantize_int8(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def binarize(v: np.ndarray) -> np.ndarray:
-    v = _c(v, np.float32).reshape(-1)
-    out = np.empty((v.size + 7) // 8, np.uint8)
-    lib.el_binarize(_ptr("float *", v), v.size, _ptr("uint8_t *", out))
-    return out

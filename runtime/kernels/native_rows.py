@@ -1,4 +1,4 @@
-"""The source layout the compiled paths read: rows of packed bytes, any row stride."""
+"""Shared by the compiled paths: the source layout they read, and NMS candidate order."""
 
 from __future__ import annotations
 
@@ -13,3 +13,9 @@ def standard_rows(src: np.ndarray) -> np.ndarray:
     else:
         packed = src.strides[1] == 1
     return src if packed else np.ascontiguousarray(src)
+
+
+def candidate_order(scores: np.ndarray, score_threshold: float) -> np.ndarray:
+    """Indices of the scores above the threshold, best first, ties to the lower index."""
+    above = np.flatnonzero(scores > np.float32(score_threshold))
+    return above[np.lexsort((above, -scores[above].astype(np.float64)))].astype(np.int64)

@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from .native_rows import standard_rows as _standard_rows
+from .native_rows import candidate_order, standard_rows as _standard_rows
 from .plan import DTYPE_CODES, FORMAT_CODES, Plan
 
 NAME = "numba"
@@ -181,7 +181,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray | None, iou_t
         score_threshold: float, max_detections: int) -> np.ndarray:
     boxes = np.ascontiguousarray(boxes, np.float32)
     scores = np.ascontiguousarray(scores, np.float32)
-    order = np.lexsort((np.arange(scores.size), -scores.astype(np.float64)))
+    order = candidate_order(scores, score_threshold)
     cls = np.zeros(1, np.int32) if classes is None else np.ascontiguousarray(classes, np.int32)
     keep = np.empty(max(min(max_detections, scores.size), 1), np.int64)
     n = _nms(boxes, scores, cls, classes is not None, order, F(iou_threshold), F(score_threshold),
