@@ -4,8 +4,10 @@ VENV ?= .venv
 TFLITE_VENV ?= .venv-tflite
 BIN := $(VENV)/bin
 SHARED ?= ../shared
-# The suites that run again in the numpy<2 venv on the tflite-runtime backend.
-CONFORMANCE := tests/test_backend_conformance.py tests/test_model_safety.py tests/test_demo_models.py
+# The suites that run again in the numpy<2 venv on the tflite-runtime backend (the kernels too:
+# their exactness must not depend on the numpy version).
+CONFORMANCE := tests/test_backend_conformance.py tests/test_model_safety.py tests/test_demo_models.py \
+	tests/test_frames.py tests/test_kernels.py
 
 .PHONY: run test test-main test-tflite bench hil clean
 
