@@ -36,7 +36,9 @@ test-tflite: $(TFLITE_VENV)/.installed
 # Figures for the README's performance table (JSON on stdout).
 bench: $(VENV)/.installed $(TFLITE_VENV)/.installed
 	$(BIN)/edgeloop bench $(SHARED)/models/coral/mobilenet_v2_1.0_224_quant.tflite --threads 2 --seconds 5 \
-		--cold-start $(SHARED)/images/cat.bmp --json
+		--cold-start $(SHARED)/images/cat.bmp --frame 640x480 --json
+	$(BIN)/edgeloop bench kernels --invoke-model $(SHARED)/models/coral/mobilenet_v2_1.0_224_quant.tflite \
+		--threads 2 --json
 	$(TFLITE_VENV)/bin/edgeloop bench $(SHARED)/models/coral/mobilenet_v2_1.0_224_quant.tflite --threads 2 \
 		--seconds 5 --compare-backends --json
 

@@ -15,13 +15,19 @@ HERE = Path(__file__).resolve().parent
 CFLAGS = ["-O3", "-std=c99", "-ffp-contract=off", "-fno-math-errno", "-Wall"]
 
 
-def make_builder(module: str = "edgeloop.runtime.kernels._native", extra_cflags: list[str] | None = None,
+DEFAULT_MODULE = "edgeloop.runtime.kernels._native"
+
+
+def make_builder(module: str = DEFAULT_MODULE, extra_cflags: list[str] | None = None,
                  extra_ldflags: list[str] | None = None) -> FFI:
     ffi = FFI()
     header = (HERE / "native.h").read_text()
     ffi.cdef("\n".join(line for line in header.splitlines() if not line.startswith(("#", "/*"))))
-    # Relative paths keep the build reproducible and independent of where the checkout lives.
-    source = (HERE / "native.c").relative_to(Path.cwd()) if HERE.is_relative_to(Path.cwd()) else HERE / "native.c"
+    # setup.py builds from the checkout's root: a relative path keeps the build independent of
+    # where the checkout lives. Other builds (the ASan one) compile elsewhere: absolute.
+    source = HERE / "native.c"
+    if module == DEFAULT_MODULE and HERE.is_relative_to(Path.cwd()):
+        source = source.relative_to(Path.cwd())
     ffi.set_source(module, '#include "native.h"', sources=[str(source)], include_dirs=[str(HERE)],
                    extra_compile_args=CFLAGS + (extra_cflags or []), extra_link_args=extra_ldflags or [],
                    libraries=["m"])
