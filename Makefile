@@ -11,13 +11,13 @@ CONFORMANCE := tests/test_backend_conformance.py tests/test_model_safety.py test
 
 .PHONY: run test test-main test-tflite bench hil clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py runtime/kernels/native.c runtime/kernels/native.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 # tflite-runtime 2.14 needs numpy < 2, so it gets a venv of its own.
-$(TFLITE_VENV)/.installed: pyproject.toml
+$(TFLITE_VENV)/.installed: pyproject.toml setup.py runtime/kernels/native.c runtime/kernels/native.h
 	$(PYTHON) -m venv $(TFLITE_VENV)
 	$(TFLITE_VENV)/bin/pip install -q --disable-pip-version-check -e '.[tflite,test]'
 	touch $@
