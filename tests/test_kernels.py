@@ -254,3 +254,18 @@ def test_forcing_a_path(monkeypatch):
         kernels.path_for("preprocess")
     monkeypatch.delenv("EDGELOOP_KERNELS")
     assert kernels.path_for("preprocess") == "c"
+
+
+def test_threaded_rows_equal_one_thread(monkeypatch):
+    from edgeloop.runtime.kernels import native_path
+
+    src = frame("RGB", 300, 400, seed=11)
+    results = []
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(native_path, "THREADS", threads)
+        for resize in ("bilinear", "area", "nearest"):
+            out = np.empty((1, 97, 131, 3), np.uint8)
+            kernels.preprocess(src, "RGB", out, path="c", resize=resize, letterbox=True)
+            results.append((threads, resize, out))
+    for threads, resize, out in results:
+        assert np.array_equal(out, next(o for t, r, o in results if t == 1 and r == resize)), (threads, resize)

@@ -12,24 +12,34 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 
+# Runs one command and prints its wall time and peak RSS. A small helper process does the
+# spawning: a child forked from this (large) benchmark process would inherit its resident
+# pages into its peak RSS before exec.
+_HELPER = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print((time.perf_counter() - start) * 1000.0, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status))
+"""
+
+
 def _series(cmd: list[str], runs: int, env: dict[str, str]) -> tuple[list[float], list[float]]:
     walls, rss = [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append((time.perf_counter() - start) * 1000.0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-        rss.append(usage.ru_maxrss / 1024.0)  # Linux reports KiB; children of the child included
+        out = subprocess.run([sys.executable, "-c", _HELPER, *cmd], capture_output=True, text=True, env=env,
+                             check=True).stdout.split()
+        wall, peak, code = float(out[0]), float(out[1]), int(out[2])
+        if code != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {code}")
+        walls.append(wall)
+        rss.append(peak)  # Linux reports KiB; /1024 above gives MiB
     return walls, rss
 
 

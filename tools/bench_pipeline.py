@@ -1,8 +1,9 @@
 """``edgeloop bench MODEL --frame WxH``: frame in, top-k out, fused against naive.
 
 Fused: ``LoadedModel.run_frame`` (the preprocess kernel writes straight into the
-input tensor), invoke, dequantize + top-k kernels. Naive: Pillow resize, numpy
-quantize, ``set_tensor``, invoke, numpy softmax and argsort. Same model, same
+input tensor), invoke, dequantize + top-k kernels. Naive: the frame (a numpy array,
+as a camera hands it over) to a Pillow image, Pillow resize, numpy quantize,
+``set_tensor``, invoke, numpy softmax and argsort. Same model, same
 interpreter settings, interleaved; ``pipeline_speedup`` = naive p50 / fused p50.
 """
 
@@ -38,7 +39,6 @@ def bench_pipeline(model: Any, frame_size: tuple[int, int], seconds: float, top_
     out_spec = model.outputs[0]
     q_out = out_spec.quantization
     frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    image = Image.fromarray(frame)
     q_in = spec.quantization
     size = (spec.shape[2], spec.shape[1])
     interp = model._interpreter()  # the same interpreter serves both pipelines, in turn
@@ -50,7 +50,8 @@ def bench_pipeline(model: Any, frame_size: tuple[int, int], seconds: float, top_
         return kernels.topk(scores, top_k)
 
     def naive() -> np.ndarray:
-        pixels = np.asarray(image.resize(size, Image.Resampling.BILINEAR), np.float32)
+        # The frame arrives as an array (as from a camera): Pillow needs its own image first.
+        pixels = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR), np.float32)
         real = (pixels - 127.5) / 127.5
         x = np.clip(np.round(real / q_in.scale) + q_in.zero_point, 0, 255).astype(np.uint8)[None]
         native = interp._native

@@ -30,7 +30,7 @@ def make_builder(module: str = DEFAULT_MODULE, extra_cflags: list[str] | None = 
         source = source.relative_to(Path.cwd())
     ffi.set_source(module, '#include "native.h"', sources=[str(source)], include_dirs=[str(HERE)],
                    extra_compile_args=CFLAGS + (extra_cflags or []), extra_link_args=extra_ldflags or [],
-                   libraries=["m"])
+                   libraries=["m", "pthread"])
     return ffi
 
 

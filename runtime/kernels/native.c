@@ -4,6 +4,7 @@
 #include "native.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__SSE2__)
@@ -92,19 +93,24 @@ static void fill_pad(void *dst, int dtype, long from, long count, int c_n, const
         memcpy((char *)dst + (size_t)p * c_n * size, pad, size * c_n);
 }
 
+enum { RUN_AREA, RUN_BYTES, RUN_BILINEAR, RUN_GENERIC };
+
 typedef struct {
     void *dst;
     int out_w, out_c, dtype, in_x, in_y, in_w, in_h;
     const int32_t *ys, *yi, *xs, *xi;
     const float *yw, *xw, *alpha, *beta;
     int map[3];
+    int oy0, oy1; /* the output rows (of the inner picture) this job computes */
+    int kind, x_lo, x_hi, raw;
+    const uint8_t *end;
 } job_t;
 
 /* Bilinear: exactly two taps on each axis. The format is a compile-time constant in
  * each instantiation below, so pixel() loses its switch. Same sums, same order as the
  * reference: o = wx0 * (wy0 p00 + wy1 p10) + wx1 * (wy0 p01 + wy1 p11). */
 static inline __attribute__((always_inline)) void bilinear(const frame_t *f, const job_t *j) {
-    for (int oy = 0; oy < j->in_h; oy++) {
+    for (int oy = j->oy0; oy < j->oy1; oy++) {
         int y0 = j->yi[2 * oy], y1 = j->yi[2 * oy + 1];
         float wy0 = j->yw[2 * oy], wy1 = j->yw[2 * oy + 1];
         long at = ((long)(j->in_y + oy) * j->out_w + j->in_x) * j->out_c;
@@ -257,9 +263,17 @@ static inline __attribute__((always_inline)) void bilinear_bytes_t(const frame_t
                                                                     const uint8_t *end, int x_hi,
                                                                     const int dtype) {
     const vout_t c = vout(j);
-    for (int oy = 0; oy < j->in_h; oy++) {
+    for (int oy = j->oy0; oy < j->oy1; oy++) {
         const uint8_t *r0 = f->src + (long)j->yi[2 * oy] * f->row_stride;
         const uint8_t *r1 = f->src + (long)j->yi[2 * oy + 1] * f->row_stride;
+        if (oy + 1 < j->oy1) { /* the next output row's source rows, while this one computes */
+            const uint8_t *n0 = f->src + (long)j->yi[2 * oy + 2] * f->row_stride;
+            const uint8_t *n1 = f->src + (long)j->yi[2 * oy + 3] * f->row_stride;
+            for (long b = 3L * j->xi[0]; b < 3L * x_hi; b += 64) {
+                __builtin_prefetch(n0 + b);
+                __builtin_prefetch(n1 + b);
+            }
+        }
         /* A 4-byte load reads one byte past a pixel: fine unless that runs off the frame,
          * which only the last row in memory can do. */
         if (r0 + 3L * x_hi + 1 <= end && r1 + 3L * x_hi + 1 <= end)
@@ -269,7 +283,11 @@ static inline __attribute__((always_inline)) void bilinear_bytes_t(const frame_t
     }
 }
 
-static void bilinear_bytes(const frame_t *f, const job_t *j, const uint8_t *end, int x_hi) {
+/* Not static: target_clones needs an external function (see el_axpy_u8). */
+void el_bilinear_bytes(const frame_t *f, const job_t *j, const uint8_t *end, int x_hi);
+
+__attribute__((target_clones("avx2", "default")))
+void el_bilinear_bytes(const frame_t *f, const job_t *j, const uint8_t *end, int x_hi) {
     if (j->dtype == OUT_U8) bilinear_bytes_t(f, j, end, x_hi, OUT_U8);
     else if (j->dtype == OUT_I8) bilinear_bytes_t(f, j, end, x_hi, OUT_I8);
     else bilinear_bytes_t(f, j, end, x_hi, OUT_F32);
@@ -347,7 +365,7 @@ static int area(const frame_t *f, const job_t *j, int x_lo, int x_hi, int raw) {
     long n = (long)(x_hi - x_lo) * j->out_c;
     const vout_t c = vout(j);
     int max_taps = 0;
-    for (int oy = 0; oy < j->in_h; oy++)
+    for (int oy = j->oy0; oy < j->oy1; oy++)
         if (j->ys[oy + 1] - j->ys[oy] > max_taps) max_taps = j->ys[oy + 1] - j->ys[oy];
     /* acc has 4 floats of slack: the horizontal pass loads a pixel as 4 lanes. */
     float *acc = (float *)malloc(sizeof(float) * ((size_t)n * 2 + 4));
@@ -357,7 +375,7 @@ static int area(const frame_t *f, const job_t *j, int x_lo, int x_hi, int raw) {
     float *conv = acc + n + 4;
     int conv_y = -1;
     int bpp = f->fmt == FMT_GRAY ? 1 : 3;
-    for (int oy = 0; oy < j->in_h; oy++) {
+    for (int oy = j->oy0; oy < j->oy1; oy++) {
         int k0 = j->ys[oy], taps = j->ys[oy + 1] - k0;
         if (raw) {
             for (int k = 0; k < taps; k++)
@@ -396,7 +414,7 @@ static int area(const frame_t *f, const job_t *j, int x_lo, int x_hi, int raw) {
 
 /* Any taps, sampled directly (nearest, or shapes the fast paths do not cover). */
 static void generic(const frame_t *f, const job_t *j) {
-    for (int oy = 0; oy < j->in_h; oy++) {
+    for (int oy = j->oy0; oy < j->oy1; oy++) {
         long at = ((long)(j->in_y + oy) * j->out_w + j->in_x) * j->out_c;
         for (int ox = 0; ox < j->in_w; ox++, at += j->out_c) {
             float o[3] = {0.0f, 0.0f, 0.0f};
@@ -420,13 +438,36 @@ static int all_two(const int32_t *start, int n) {
     return 1;
 }
 
+static int run_rows(const frame_t *f, const job_t *j) {
+    switch (j->kind) {
+    case RUN_AREA: return area(f, j, j->x_lo, j->x_hi, j->raw);
+    case RUN_BYTES: el_bilinear_bytes(f, j, j->end, j->x_hi); return 0;
+    case RUN_BILINEAR: bilinear_by_fmt[f->fmt](*f, j); return 0;
+    default: generic(f, j); return 0;
+    }
+}
+
+typedef struct {
+    const frame_t *f;
+    job_t job;
+    int status;
+} task_t;
+
+static void *run_task(void *arg) {
+    task_t *t = (task_t *)arg;
+    t->status = run_rows(t->f, &t->job);
+    return NULL;
+}
+
+#define MAX_THREADS 8
+
 int el_preprocess(const uint8_t *src, long row_stride, const uint8_t *uv, long uv_stride, int fmt,
                   int out_h, int out_w, int out_c, int out_dtype, void *dst,
                   int in_x, int in_y, int in_w, int in_h,
                   const int32_t *ys, const int32_t *yi, const float *yw,
                   const int32_t *xs, const int32_t *xi, const float *xw,
                   const float *alpha, const float *beta, const void *pad, int swap_rb,
-                  int x_lo, int x_hi, const uint8_t *src_end) {
+                  int x_lo, int x_hi, const uint8_t *src_end, int threads) {
     /* Letterbox border: rows above and below, then the left and right margins. */
     fill_pad(dst, out_dtype, 0, (long)in_y * out_w, out_c, pad);
     fill_pad(dst, out_dtype, (long)(in_y + in_h) * out_w, (long)(out_h - in_y - in_h) * out_w, out_c, pad);
@@ -436,28 +477,46 @@ int el_preprocess(const uint8_t *src, long row_stride, const uint8_t *uv, long u
         fill_pad(dst, out_dtype, base + in_x + in_w, out_w - in_x - in_w, out_c, pad);
     }
     job_t j = {dst, out_w, out_c, out_dtype, in_x, in_y, in_w, in_h, ys, yi, xs, xi, yw, xw, alpha, beta,
-               {0, 1, 2}};
+               {0, 1, 2}, 0, in_h, RUN_GENERIC, x_lo, x_hi, 0, src_end};
     /* Sums are kept in RGB order (or the source's byte order when summing raw bytes);
      * the map picks the output's channel order when storing. */
-    int raw = (fmt == FMT_RGB || fmt == FMT_BGR) && out_c == 3;
-    raw = raw || (fmt == FMT_GRAY && out_c == 1);
+    int raw = ((fmt == FMT_RGB || fmt == FMT_BGR) && out_c == 3) || (fmt == FMT_GRAY && out_c == 1);
     int src_bgr = raw && fmt == FMT_BGR;
-    if (out_c == 3 && (swap_rb ^ src_bgr)) { j.map[0] = 2; j.map[2] = 0; }
     frame_t f = {src, row_stride, uv, uv_stride, fmt, out_c};
-    if ((long)xs[in_w] > (long)(x_hi - x_lo)) return area(&f, &j, x_lo, x_hi, raw);
-    if (out_c == 3 && swap_rb) { j.map[0] = 2; j.map[2] = 0; } else { j.map[0] = 0; j.map[2] = 2; }
-    if (all_two(ys, in_h) && all_two(xs, in_w)) {
-        if (raw && out_c == 3) {
-            /* Sums in the source's byte order; the map picks the output order. */
-            if (swap_rb ^ src_bgr) { j.map[0] = 2; j.map[2] = 0; } else { j.map[0] = 0; j.map[2] = 2; }
-            bilinear_bytes(&f, &j, src_end, x_hi);
-        } else {
-            bilinear_by_fmt[fmt](f, &j);
-        }
-    } else {
-        generic(&f, &j);
+    int swap = out_c == 3 && swap_rb;
+    if ((long)xs[in_w] > (long)(x_hi - x_lo)) {
+        j.kind = RUN_AREA;
+        j.raw = raw;
+        swap = out_c == 3 && (swap_rb ^ src_bgr);
+    } else if (all_two(ys, in_h) && all_two(xs, in_w)) {
+        j.kind = raw && out_c == 3 ? RUN_BYTES : RUN_BILINEAR;
+        if (j.kind == RUN_BYTES) swap = swap_rb ^ src_bgr;
     }
-    return 0;
+    if (swap) { j.map[0] = 2; j.map[2] = 0; }
+    /* Split the output rows over threads: they write disjoint rows, and a camera frame is
+     * read from memory faster by two cores than by one. Small outputs are not worth it. */
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 2 || in_h < 64) return run_rows(&f, &j);
+    task_t tasks[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) {
+        tasks[t].f = &f;
+        tasks[t].job = j;
+        tasks[t].job.oy0 = (int)((long)in_h * t / threads);
+        tasks[t].job.oy1 = (int)((long)in_h * (t + 1) / threads);
+        tasks[t].status = 0;
+    }
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&ids[t], NULL, run_task, &tasks[t]) == 0;
+    run_task(&tasks[0]);
+    int status = tasks[0].status;
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(ids[t], NULL);
+        else run_task(&tasks[t]); /* no thread to be had: do its rows here */
+        status |= tasks[t].status;
+    }
+    return status;
 }
 
 /* Score order: higher first, then lower index. */

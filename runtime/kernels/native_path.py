@@ -15,6 +15,9 @@ from .plan import DTYPE_CODES, FORMAT_CODES, Plan
 NAME = "c"
 # A path to another build of the same sources (the AddressSanitizer build of the tests).
 MODULE_ENV = "EDGELOOP_KERNELS_NATIVE"
+# Threads for preprocessing one frame (rows split between them; outputs under 64 rows stay
+# on one). Default: the cores, at most 4.
+THREADS = int(os.environ.get("EDGELOOP_KERNEL_THREADS", min(4, os.cpu_count() or 1)))
 
 
 def _load() -> Any:
@@ -62,7 +65,7 @@ def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
         _ptr("int32_t *", y.start), _ptr("int32_t *", y.index), _ptr("float *", y.weight),
         _ptr("int32_t *", x.start), _ptr("int32_t *", x.index), _ptr("float *", x.weight),
         _ptr("float *", plan.alpha), _ptr("float *", plan.beta), _ptr("void *", plan.pad), int(plan.swap_rb),
-        x_lo, x_hi, _ptr("uint8_t *", src) + _end_offset(src))
+        x_lo, x_hi, _ptr("uint8_t *", src) + _end_offset(src), THREADS)
     del keep
     if status != 0:
         raise MemoryError("preprocess: out of memory for the column buffer")
