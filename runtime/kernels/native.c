@@ -519,36 +519,19 @@ int el_preprocess(const uint8_t *src, long row_stride, const uint8_t *uv, long u
     return status;
 }
 
-/* Score order: higher first, then lower index. */
-static const float *g_scores;
-static int by_score(const void *a, const void *b) {
-    int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
-    float si = g_scores[i], sj = g_scores[j];
-    if (si != sj) return si > sj ? -1 : 1;
-    return i < j ? -1 : (i > j);
-}
-
 static int better(const float *s, int64_t i, int64_t j) { return s[i] > s[j] || (s[i] == s[j] && i < j); }
 
+/* The k best by insertion into a short sorted list: one pass, no allocation, no shared
+ * state (cffi releases the GIL around calls). The wrapper sends large k to numpy's sort. */
 int el_topk(const float *scores, long n, int k, int64_t *out) {
     if (k > n) k = (int)n;
-    if (k <= 64) { /* insertion into a short sorted list: one pass, no allocation */
-        int filled = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (filled == k && !better(scores, i, out[k - 1])) continue;
-            int p = filled < k ? filled++ : k - 1;
-            while (p > 0 && better(scores, i, out[p - 1])) { out[p] = out[p - 1]; p--; }
-            out[p] = i;
-        }
-        return k;
+    int filled = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (filled == k && !better(scores, i, out[k - 1])) continue;
+        int p = filled < k ? filled++ : k - 1;
+        while (p > 0 && better(scores, i, out[p - 1])) { out[p] = out[p - 1]; p--; }
+        out[p] = i;
     }
-    int64_t *order = (int64_t *)malloc(sizeof(int64_t) * (size_t)n);
-    if (!order) return -1;
-    for (long i = 0; i < n; i++) order[i] = i;
-    g_scores = scores; /* callers hold the GIL: no concurrent use of this global */
-    qsort(order, (size_t)n, sizeof(int64_t), by_score);
-    memcpy(out, order, sizeof(int64_t) * (size_t)k);
-    free(order);
     return k;
 }
 
