@@ -36,6 +36,19 @@ def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return digits.data[train], digits.target[train], digits.data[test], digits.target[test]
 
 
+def int8_tflite(model: object, representative: object, io_type: object) -> bytes:
+    """Full INT8 post-training quantization; inputs and outputs of ``io_type``."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
+    return converter.convert()
+
+
 def build_digits(out: Path) -> dict[str, object]:
     import tensorflow as tf
 
@@ -59,13 +72,7 @@ def build_digits(out: Path) -> dict[str, object]:
         for image in x[:300]:
             yield [image[None]]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
-    converter.inference_output_type = tf.uint8
-    blob = converter.convert()
+    blob = int8_tflite(model, representative, tf.uint8)
     path = out / "digits.tflite"
     path.write_bytes(blob)
     np.savez_compressed(out / "samples" / "digits_holdout.npz", digits8=hx8.astype(np.uint8),
@@ -119,13 +126,7 @@ def build_multi_io(out: Path) -> dict[str, object]:
         for _ in range(200):
             yield [rng.uniform(-1, 1, (1, 4)).astype(np.float32), rng.uniform(-1, 1, (1, 4)).astype(np.float32)]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    blob = converter.convert()
+    blob = int8_tflite(model, representative, tf.int8)
     path = out / "multi_io.tflite"
     path.write_bytes(blob)
     return {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}

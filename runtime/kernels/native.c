@@ -283,7 +283,7 @@ static inline __attribute__((always_inline)) void bilinear_bytes_t(const frame_t
     }
 }
 
-/* Not static: target_clones needs an external function (see el_axpy_u8). */
+/* Not static: target_clones needs an external function (see el_axpy_f32). */
 void el_bilinear_bytes(const frame_t *f, const job_t *j, const uint8_t *end, int x_hi);
 
 __attribute__((target_clones("avx2", "default")))
@@ -293,16 +293,10 @@ void el_bilinear_bytes(const frame_t *f, const job_t *j, const uint8_t *end, int
     else bilinear_bytes_t(f, j, end, x_hi, OUT_F32);
 }
 
-/* acc[i] += w * row[i]: the vertical pass, vectorized across the row (no reduction
+/* acc[i] += w * row[i]: the vertical pass for converted rows, vectorized across the row (no reduction
  * within one element, so vector width does not change any result). Not static: GCC
  * emits the target_clones dispatch (an ifunc) reliably only for external functions. */
-void el_axpy_u8(float *restrict acc, const uint8_t *restrict row, float w, long n);
 void el_axpy_f32(float *restrict acc, const float *restrict row, float w, long n);
-
-__attribute__((target_clones("avx2", "default")))
-void el_axpy_u8(float *restrict acc, const uint8_t *restrict row, float w, long n) {
-    for (long i = 0; i < n; i++) acc[i] += w * (float)row[i];
-}
 
 __attribute__((target_clones("avx2", "default")))
 void el_axpy_f32(float *restrict acc, const float *restrict row, float w, long n) {
