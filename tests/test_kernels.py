@@ -269,3 +269,16 @@ def test_threaded_rows_equal_one_thread(monkeypatch):
             results.append((threads, resize, out))
     for threads, resize, out in results:
         assert np.array_equal(out, next(o for t, r, o in results if t == 1 and r == resize)), (threads, resize)
+
+
+def test_a_missing_extension_falls_back_with_one_log_line(monkeypatch, caplog):
+    monkeypatch.setitem(kernels._loaded, "c", None)
+    monkeypatch.setitem(kernels._reasons, "c", "ImportError: no module named _native")
+    monkeypatch.setattr(kernels, "_announced", False)
+    with caplog.at_level("INFO", logger="edgeloop.kernels"):
+        assert kernels.path_for("preprocess") == "numba"
+        assert kernels.path_for("topk") == "numpy"  # numba has no top-k: the reference serves
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["kernels: numba path; c unavailable (ImportError: no module named _native)"]
+    out = np.empty((8, 8, 3), np.uint8)
+    kernels.preprocess(frame("RGB", 20, 20), "RGB", out)  # and it still works
