@@ -9,7 +9,7 @@ SHARED ?= ../shared
 CONFORMANCE := tests/test_backend_conformance.py tests/test_model_safety.py tests/test_demo_models.py \
 	tests/test_frames.py tests/test_kernels.py
 
-.PHONY: run test test-main test-tflite bench hil clean
+.PHONY: run test test-main test-tflite bench soak hil clean
 
 $(VENV)/.installed: pyproject.toml setup.py runtime/kernels/native.c runtime/kernels/native.h
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(VENV)/.installed $(TFLITE_VENV)/.installed
 		--threads 2 --json
 	$(TFLITE_VENV)/bin/edgeloop bench $(SHARED)/models/coral/mobilenet_v2_1.0_224_quant.tflite --threads 2 \
 		--seconds 5 --compare-backends --json
+
+# Long runs of the same fault tests: more kills, more corruption trials, more fuzzing.
+soak: $(VENV)/.installed
+	EDGELOOP_SOAK_KILLS=100 EDGELOOP_FUZZ_EXAMPLES=3000 EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest \
+		tests/test_outbox_kills.py tests/test_kernels_fuzz.py tests/test_outbox.py
 
 # Hardware-in-the-loop: runs on a rig, skips (with the reason) what the device lacks.
 hil: $(VENV)/.installed

@@ -1,0 +1,111 @@
+"""The msgpack envelope and batches that carry records from the device to the regional edge.
+
+A record travels as ``{v, device, seq, id, ts, stream, trace, body}``; ``id`` is the
+idempotency key the regional edge dedupes on. Many records share one MQTT message: a batch
+is a msgpack array of envelopes, up to a byte budget. Bodies are encoded once, at enqueue,
+and spliced into batches as they are. Unknown envelope fields are tolerated; sizes are
+limited on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import msgpack
+
+from edgeloop.runtime.errors import EdgeloopError
+
+VERSION = 1
+MAX_BODY_BYTES = 256 * 1024
+MAX_BATCH_BYTES = 1024 * 1024
+MAX_BATCH_RECORDS = 10_000
+FIELDS = ("v", "device", "seq", "id", "ts", "stream", "trace", "body")
+
+
+class CodecError(EdgeloopError):
+    """A body cannot be serialized, or is larger than the limit."""
+
+
+class MalformedEnvelope(EdgeloopError):
+    """A received batch or envelope does not decode or lacks required fields."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    device: str
+    seq: int
+    id: str
+    ts: float
+    stream: str
+    trace: str | None
+    body: Any
+    v: int = VERSION
+
+
+def encode_body(body: Any, limit: int = MAX_BODY_BYTES) -> bytes:
+    """msgpack bytes of ``body``; CodecError naming what cannot be serialized."""
+    try:
+        data = msgpack.packb(body, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"body cannot be serialized: {exc}",
+                         "send dicts, lists, str, bytes, int, float, bool or None") from exc
+    if len(data) > limit:
+        raise CodecError(f"body is {len(data)} bytes, over the {limit}-byte limit",
+                         "send less per record, or split it across records")
+    return data
+
+
+def encode_batch(device: str, records: Iterable[Mapping[str, Any]]) -> bytes:
+    """One MQTT payload: a msgpack array of envelopes. Each record has seq, id, ts, stream,
+    trace and ``body`` as already-encoded msgpack bytes, spliced in without re-encoding."""
+    rows = list(records)
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_array_header(len(rows))]
+    for r in rows:
+        parts.append(packer.pack_map_header(len(FIELDS)))
+        for key, value in (("v", VERSION), ("device", device), ("seq", r["seq"]), ("id", r["id"]),
+                           ("ts", r["ts"]), ("stream", r["stream"]), ("trace", r["trace"])):
+            parts.append(packer.pack(key))
+            parts.append(packer.pack(value))
+        parts.append(packer.pack("body"))
+        parts.append(bytes(r["body"]))
+    return b"".join(parts)
+
+
+def _field(env: Mapping[str, Any], key: str, kind: type | tuple[type, ...], n: int) -> Any:
+    value = env.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MalformedEnvelope(f"envelope {n}: field '{key}' is {type(value).__name__}, expected "
+                                f"{kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}",
+                                "the sender is not an edgeloop device of this version")
+    return value
+
+
+def decode_batch(data: bytes, max_bytes: int = MAX_BATCH_BYTES,
+                 max_records: int = MAX_BATCH_RECORDS) -> list[Envelope]:
+    """Envelopes from one payload; MalformedEnvelope for anything that is not one."""
+    if len(data) > max_bytes:
+        raise MalformedEnvelope(f"batch is {len(data)} bytes, over the {max_bytes}-byte limit",
+                                "lower the device's batch byte budget")
+    try:
+        items = msgpack.unpackb(data, raw=False, strict_map_key=True, max_array_len=max_records,
+                                max_map_len=64, max_bin_len=max_bytes, max_str_len=max_bytes)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise MalformedEnvelope(f"batch does not decode as msgpack: {exc}", "check the sender") from exc
+    if not isinstance(items, list):
+        raise MalformedEnvelope(f"batch is a {type(items).__name__}, expected an array of envelopes",
+                                "check the sender")
+    out = []
+    for n, env in enumerate(items):
+        if not isinstance(env, dict):
+            raise MalformedEnvelope(f"envelope {n} is a {type(env).__name__}, expected a map", "check the sender")
+        if "body" not in env:
+            raise MalformedEnvelope(f"envelope {n}: field 'body' is missing", "check the sender")
+        trace = env.get("trace")
+        out.append(Envelope(
+            device=_field(env, "device", str, n), seq=_field(env, "seq", int, n), id=_field(env, "id", str, n),
+            ts=float(_field(env, "ts", (int, float), n)), stream=_field(env, "stream", str, n),
+            trace=trace if isinstance(trace, str) else None, body=env["body"],
+            v=_field(env, "v", int, n)))
+    return out

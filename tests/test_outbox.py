@@ -1,0 +1,208 @@
+"""The durable outbox on real SQLite files: durability, caps and eviction, TTL, live-first
+batches, acknowledgement, corruption salvage, and a full disk (a tmpfs the test mounts)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pytest
+
+from edgeloop.sync.codec import CodecError, decode_batch, encode_batch
+from edgeloop.sync.outbox import Outbox, OutboxFull, StreamPolicy
+
+
+def ids_in(path: Path) -> set[str]:
+    db = apsw.Connection(str(path))
+    try:
+        return {row[0] for row in db.execute("SELECT id FROM records")}
+    finally:
+        db.close()
+
+
+def test_enqueue_is_durable_and_ack_deletes(tmp_path):
+    path = tmp_path / "outbox.db"
+    with Outbox(path, "dev-1") as box:
+        done = [box.enqueue("vib", {"n": n}) for n in range(10)]
+        assert [d.seq for d in done] == sorted(d.seq for d in done) and len({d.id for d in done}) == 10
+    with Outbox(path, "dev-1") as box:  # a new process would see the same
+        batch = box.next_batch(max_records=4, live_share=0)
+        assert [r["seq"] for r in batch] == [d.seq for d in done[:4]]
+        assert box.ack(r["seq"] for r in batch) == 4
+        assert box.stats()["streams"]["vib"]["rows"] == 6
+    assert ids_in(path) == {d.id for d in done[4:]}
+
+
+def test_concurrent_enqueues_are_group_committed(tmp_path):
+    import threading
+
+    with Outbox(tmp_path / "o.db", "d") as box:
+        results: list = []
+
+        def worker(k: int) -> None:
+            for n in range(200):
+                results.append(box.enqueue("s", {"k": k, "n": n}))
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 1600 and box.stats()["streams"]["s"]["rows"] == 1600
+        assert len({r.seq for r in results}) == 1600
+
+
+def test_row_cap_evicts_expired_then_lowest_priority_oldest_and_counts(tmp_path, caplog):
+    policy = {"events": StreamPolicy(priority=5, max_rows=4)}
+    with Outbox(tmp_path / "o.db", "d", streams=policy) as box:
+        old_low = box.enqueue("events", "low", priority=0)
+        expiring = box.enqueue("events", "short-lived", ttl_s=0.01)
+        keep = [box.enqueue("events", f"e{n}") for n in range(3)]
+        time.sleep(0.02)
+        with caplog.at_level(logging.WARNING, logger="edgeloop.outbox"):
+            newest = box.enqueue("events", "newest")  # 6 rows > 4: expired first, then priority 0
+            box.enqueue("events", "one more")  # then the oldest of equal priority
+        left = {r["id"] for r in box.next_batch(live_share=0)}
+        assert old_low.id not in left and expiring.id not in left and keep[0].id not in left
+        assert {keep[1].id, keep[2].id, newest.id} <= left and len(left) == 4
+        stats = box.stats()["streams"]["events"]
+        assert stats["evictions"] == {"expired": 1, "row cap": 2}
+        assert any("evicted 1 record(s) from stream 'events' (expired)" in r.getMessage() for r in caplog.records)
+
+
+def test_byte_cap(tmp_path):
+    with Outbox(tmp_path / "o.db", "d", streams={"img": StreamPolicy(max_bytes=3000)}) as box:
+        for n in range(10):
+            box.enqueue("img", b"x" * 1000)
+        stats = box.stats()["streams"]["img"]
+        assert stats["bytes"] <= 3000 and stats["rows"] == 2 and stats["evictions"] == {"byte cap": 8}
+
+
+def test_ttl_records_are_dropped_not_sent(tmp_path):
+    with Outbox(tmp_path / "o.db", "d", streams={"tele": StreamPolicy(ttl_s=0.01)}) as box:
+        box.enqueue("tele", 1)
+        kept = box.enqueue("tele", 2, ttl_s=60)
+        time.sleep(0.02)
+        assert [r["id"] for r in box.next_batch()] == [kept.id]
+        assert box.stats()["streams"]["tele"]["evictions"] == {"expired": 1}
+
+
+def test_live_share_puts_fresh_records_in_every_batch(tmp_path):
+    with Outbox(tmp_path / "o.db", "d") as box:
+        done = box.enqueue_many(("s", n) for n in range(1000))
+        batch = box.next_batch(max_records=100, live_share=0.25)
+        seqs = [r["seq"] for r in batch]
+        assert len(seqs) == 100 and seqs == sorted(seqs)
+        assert set(seqs) == {d.seq for d in done[:75]} | {d.seq for d in done[-25:]}
+        second = box.next_batch(max_records=100, live_share=0.25)  # nothing in flight is sent twice
+        assert not set(seqs) & {r["seq"] for r in second}
+        box.release(seqs)  # the link dropped: those go again
+        assert set(seqs) <= {r["seq"] for r in box.next_batch(max_records=1000, live_share=0)}
+
+
+def test_batches_encode_to_the_envelope(tmp_path):
+    with Outbox(tmp_path / "o.db", "cam-7") as box:
+        box.enqueue("vib", {"rms": 1.5}, trace="t-1")
+        envs = decode_batch(encode_batch("cam-7", box.next_batch()))
+        assert envs[0].body == {"rms": 1.5} and envs[0].device == "cam-7" and envs[0].trace == "t-1"
+
+
+def test_bad_bodies_and_streams_are_refused_at_enqueue(tmp_path):
+    from edgeloop.runtime.errors import ConfigError
+
+    with Outbox(tmp_path / "o.db", "d") as box:
+        with pytest.raises(CodecError, match="body cannot be serialized"):
+            box.enqueue("s", {1, 2})
+        with pytest.raises(ConfigError, match="stream: '' is not a stream name"):
+            box.enqueue("", 1)
+        assert box.enqueue("s", 1).seq >= 1  # still serving
+
+
+def test_corrupted_files_never_crash_and_salvage_what_they_can(tmp_path):
+    """50 trials of random byte flips in a real outbox file."""
+    rng = random.Random(1)
+    base = tmp_path / "base.db"
+    with Outbox(base, "d") as box:
+        written = {e.id for e in box.enqueue_many(("s", {"n": n, "pad": "x" * 200}) for n in range(300))}
+    pristine = base.read_bytes()
+    outcomes = {"intact": 0, "salvaged": 0}
+    for trial in range(50):
+        path = tmp_path / f"t{trial}.db"
+        data = bytearray(pristine)
+        for _ in range(rng.randint(1, 40)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(data))
+        with Outbox(path, "d") as box:
+            if box.salvage:
+                outcomes["salvaged"] += 1
+                aside = Path(box.salvage["quarantined"])
+                assert aside.exists()  # kept, never deleted
+            else:
+                outcomes["intact"] += 1
+            ids = {r["id"] for r in box.next_batch(max_records=1000, max_bytes=10**8, live_share=0)}
+            assert ids <= written  # whatever survived is real data
+            box.enqueue("s", "after")  # and the outbox carries on
+    assert outcomes["salvaged"] > 0, outcomes
+
+
+def test_a_file_that_is_not_a_database_is_kept_aside(tmp_path):
+    path = tmp_path / "o.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with Outbox(path, "d") as box:
+        assert box.salvage["salvaged"] == 0 and "NotADB" in box.salvage["reason"]
+        assert Path(box.salvage["quarantined"]).read_bytes().startswith(b"this is not sqlite")
+        box.enqueue("s", 1)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the disk-full test ({proc.stderr.decode().strip()}); "
+                    "the suite runs as root", pytrace=False)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_raises_typed_error_evicts_and_resumes(small_disk):
+    path = small_disk / "o.db"
+    with Outbox(path, "d", streams={"bulk": StreamPolicy(priority=0), "alarm": StreamPolicy(priority=9)}) as box:
+        alarm = box.enqueue("alarm", "keep me")
+        stored = 0
+        with pytest.raises(OutboxFull, match=r"the disk holding .* is full; 1 record\(s\) not stored, \d+ evicted "
+                                             r"by the streams' rules to make room: retry"):
+            for _ in range(5000):  # 4 MiB disk, 2 KB records: full long before this ends
+                box.enqueue("bulk", os.urandom(2000))
+                stored += 1
+        stats = box.stats()["streams"]
+        assert stored > 500 and stats["bulk"]["evictions"].get("disk full", 0) > 0  # eviction ran, by the rule
+        held = {r["id"] for r in box.next_batch(max_records=10_000, max_bytes=10**9, live_share=0)}
+        assert alarm.id in held  # the high-priority stream kept its record
+        box.release()
+        assert box.enqueue("bulk", b"after").seq > 0  # resumes by itself: eviction made room
+    with Outbox(path, "d") as box:
+        assert box.salvage is None  # no corruption
+
+
+def test_outbox_stats_command(tmp_path):
+    import json
+
+    path = tmp_path / "o.db"
+    with Outbox(path, "d", streams={"s": StreamPolicy(max_rows=2)}) as box:
+        for n in range(3):
+            box.enqueue("s", n)
+    exe = str(Path(sys.executable).parent / "edgeloop")
+    out = subprocess.run([exe, "outbox", "stats", "--db", str(path), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    stream = json.loads(out.stdout)["streams"]["s"]
+    assert stream["rows"] == 2 and stream["evictions"] == {"row cap": 1}
+    missing = subprocess.run([exe, "outbox", "stats", "--db", str(tmp_path / "nope.db")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--db: " in missing.stderr and "does not exist" in missing.stderr
