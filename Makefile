@@ -9,7 +9,7 @@ SHARED ?= ../shared
 CONFORMANCE := tests/test_backend_conformance.py tests/test_model_safety.py tests/test_demo_models.py \
 	tests/test_frames.py tests/test_kernels.py
 
-.PHONY: run test test-main test-tflite bench soak hil clean
+.PHONY: run test test-main test-tflite mosquitto bench soak hil clean
 
 $(VENV)/.installed: pyproject.toml setup.py runtime/kernels/native.c runtime/kernels/native.h
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ run: $(VENV)/.installed
 
 test: test-main test-tflite
 
-test-main: $(VENV)/.installed
+# The sync tests start their own Mosquitto (Debian's package) on loopback.
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto)
+
+test-main: $(VENV)/.installed mosquitto
 	EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest
 
 test-tflite: $(TFLITE_VENV)/.installed
@@ -43,9 +48,9 @@ bench: $(VENV)/.installed $(TFLITE_VENV)/.installed
 		--seconds 5 --compare-backends --json
 
 # Long runs of the same fault tests: more kills, more corruption trials, more fuzzing.
-soak: $(VENV)/.installed
+soak: $(VENV)/.installed mosquitto
 	EDGELOOP_SOAK_KILLS=100 EDGELOOP_FUZZ_EXAMPLES=3000 EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest \
-		tests/test_outbox_kills.py tests/test_kernels_fuzz.py tests/test_outbox.py
+		tests/test_outbox_kills.py tests/test_kernels_fuzz.py tests/test_outbox.py tests/test_sync_broker.py
 
 # Hardware-in-the-loop: runs on a rig, skips (with the reason) what the device lacks.
 hil: $(VENV)/.installed

@@ -1,0 +1,219 @@
+"""The MQTT link from the outbox to the regional edge (paho-mqtt 2.x).
+
+A drain thread takes batches from the outbox and publishes them at QoS 1, at most
+``inflight_window`` messages unacknowledged at a time; a record is deleted from the outbox
+only when the broker's PUBACK for the message carrying it arrives. On a disconnect,
+everything in flight goes back to the outbox and is sent again after reconnecting
+(the regional edge dedupes by record id). Reconnects back off exponentially with jitter.
+A retained ``status`` topic says ``online`` (birth) and ``offline`` (last will).
+The hot path never waits on any of this: it only enqueues.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from .codec import encode_batch
+from .outbox import Outbox
+
+log = logging.getLogger("edgeloop.link")
+
+OFFLINE, CONNECTING, ONLINE = "offline", "connecting", "online"
+
+
+def topic(fleet: str, device: str, kind: str) -> str:
+    """``edgeloop/v1/{fleet}/{device}/{kind}``, the convention of the design handbook."""
+    return f"edgeloop/v1/{fleet}/{device}/{kind}"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    host: str
+    port: int = 1883
+    fleet: str = "default"
+    device: str = "device"
+    protocol: str = "5"  # "5", or "3.1.1"; a broker that refuses 5 is retried with 3.1.1
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None  # TLS when set
+    cert_file: str | None = None  # mutual TLS with key_file
+    key_file: str | None = None
+    keepalive_s: int = 30
+    inflight_window: int = 16
+    batch_records: int = 500
+    batch_bytes: int = 256 * 1024
+    live_share: float = 0.25
+    backoff_min_s: float = 0.2
+    backoff_max_s: float = 30.0
+
+
+class MqttLink:
+    """Drains an outbox to a broker. ``start()``, then ``stop()``."""
+
+    def __init__(self, outbox: Outbox, config: LinkConfig) -> None:
+        self.outbox = outbox
+        self.config = config
+        self.state = OFFLINE
+        self.published = 0  # messages acknowledged
+        self.delivered = 0  # records acknowledged
+        self._pending: dict[int, list[int]] = {}  # mid -> outbox seqs
+        self._early: set[int] = set()  # mids acknowledged before they were recorded
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._running = False
+        self._protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+        self._client = self._make_client()
+        self._drainer = threading.Thread(target=self._drain_loop, name="link-drain", daemon=True)
+
+    def _make_client(self) -> mqtt.Client:
+        c = self.config
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeloop-{c.fleet}-{c.device}",
+                             protocol=self._protocol,
+                             clean_session=None if self._protocol == mqtt.MQTTv5 else False)
+        client.max_inflight_messages_set(c.inflight_window)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(c.backoff_min_s, c.backoff_max_s)
+        if c.username is not None:
+            client.username_pw_set(c.username, c.password)
+        if c.ca_file:
+            client.tls_set(ca_certs=c.ca_file, certfile=c.cert_file, keyfile=c.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        status = topic(c.fleet, c.device, "status")
+        client.will_set(status, b"offline", qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self.state = CONNECTING
+        properties = None
+        if self._protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600  # a persistent session across short outages
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s,
+                                   clean_start=False if self._protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                                   properties=properties)
+        self._client.loop_start()
+        self._drainer.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Say ``offline``, disconnect cleanly; what is still in flight stays in the outbox."""
+        self._running = False
+        with self._wake:
+            self._wake.notify_all()
+        self._drainer.join(timeout_s)
+        if self.state == ONLINE:
+            c = self.config
+            info = self._client.publish(topic(c.fleet, c.device, "status"), b"offline", qos=1, retain=True)
+            info.wait_for_publish(timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._release_all()
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"state": self.state, "in_flight_messages": len(self._pending),
+                    "published_messages": self.published, "delivered_records": self.delivered}
+
+    # -- paho callbacks (its network thread) ----------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.warning("link: broker refused the connection: %s", reason)
+            if self._protocol == mqtt.MQTTv5 and "protocol" in str(reason).lower():
+                log.warning("link: retrying with MQTT 3.1.1")
+                self._protocol = mqtt.MQTTv311
+                client._protocol = mqtt.MQTTv311  # paho reads it at the next connect
+            return
+        c = self.config
+        client.publish(topic(c.fleet, c.device, "status"), b"online", qos=1, retain=True)
+        with self._wake:
+            self.state = ONLINE
+            self._wake.notify_all()
+        log.info("link: online to %s:%d", c.host, c.port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        with self._wake:
+            self.state = CONNECTING if self._running else OFFLINE
+        self._release_all()
+        if self._running:
+            log.warning("link: disconnected (%s); reconnecting with backoff", reason)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._wake:
+            seqs = self._pending.pop(mid, None)
+            if seqs is None:
+                # A status message, one given back after a disconnect, or an ack that beat the
+                # drain thread to recording its mid (publish() runs without our lock held).
+                if len(self._early) > 4096:
+                    self._early.clear()
+                self._early.add(mid)
+                return
+        self._acked(seqs)
+
+    def _acked(self, seqs: list[int]) -> None:
+        self.outbox.ack(seqs)
+        with self._wake:
+            self.published += 1
+            self.delivered += len(seqs)
+            self._wake.notify_all()
+
+    def _release_all(self) -> None:
+        with self._wake:
+            seqs = [s for batch in self._pending.values() for s in batch]
+            self._pending.clear()
+        if seqs:
+            self.outbox.release(seqs)
+
+    # -- draining ---------------------------------------------------------------------------
+
+    def _drain_loop(self) -> None:
+        c = self.config
+        idle = 0.01
+        while self._running:
+            with self._wake:
+                while self._running and (self.state != ONLINE or len(self._pending) >= c.inflight_window):
+                    self._wake.wait(0.5)
+                if not self._running:
+                    return
+            batch = self.outbox.next_batch(max_bytes=c.batch_bytes, max_records=c.batch_records,
+                                           live_share=c.live_share)
+            if not batch:
+                time.sleep(idle)
+                idle = min(idle * 2, 0.2) + random.uniform(0, 0.005)
+                continue
+            idle = 0.01
+            by_stream: dict[str, list[dict[str, Any]]] = {}
+            for record in batch:
+                by_stream.setdefault(record["stream"], []).append(record)
+            for stream, records in by_stream.items():
+                payload = encode_batch(c.device, records)
+                seqs = [r["seq"] for r in records]
+                # Not under our lock: paho's thread may be inside a callback that needs it.
+                info = self._client.publish(topic(c.fleet, c.device, f"data/{stream}"), payload, qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    self.outbox.release(seqs)  # not sent: try again later
+                    continue
+                with self._wake:
+                    early = info.mid in self._early
+                    if early:
+                        self._early.discard(info.mid)
+                    else:
+                        self._pending[info.mid] = seqs
+                if early:
+                    self._acked(seqs)

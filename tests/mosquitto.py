@@ -1,0 +1,58 @@
+"""A real Mosquitto broker for the tests: an ephemeral loopback port, a generated config,
+started, killed and restarted by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto; `make test` does it)")
+        self.exe = exe
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nautosave_interval 1\nmax_inflight_messages 0\n"
+            "max_queued_messages 0\nlog_dest none\n"
+            # Started as root, Mosquitto drops to user "mosquitto", who cannot write its
+            # persistence file into the test's directory: stay root here.
+            + ("user root\n" if os.geteuid() == 0 else ""))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited with {self.proc.returncode} (config {self.conf})")
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port} within 10 s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(10)
