@@ -9,9 +9,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from mosquitto import Mosquitto
-
 from edgeloop.sync.link import LinkConfig, MqttLink, topic
+from edgeloop.sync.mosquitto import Mosquitto
 from edgeloop.sync.outbox import Outbox
 from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
 
@@ -123,3 +122,13 @@ def test_broker_restarted_ten_times_during_a_drain(tmp_path, broker, regional):
         finally:
             link.stop()
     assert regional.stats()["devices"]["cam-4"]["records"] == len(ids)  # stored once each
+
+
+def test_bench_sync_reports_its_keys():
+    from edgeloop.tools.bench_sync import bench_sync
+
+    r = bench_sync(seconds=0.3, records=2000)
+    for key in ("enqueue_group_per_s", "enqueue_single_per_s", "group_commit_ratio", "drain_records_per_s",
+                "paho_qos1_per_s", "drain_ratio"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["left_in_outbox"] == 0 and r["drain_records"] == 2000

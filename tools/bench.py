@@ -21,8 +21,9 @@ BLOCK = 5  # runs per alternation block
 
 def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("bench", help="measure latency and engine overhead (JSON with --json)",
-                       description="'edgeloop bench kernels' times the pre/post-processing kernels instead.")
-    p.add_argument("model", help="registered model name or .tflite path, or 'kernels'")
+                       description="'edgeloop bench kernels' times the pre/post-processing kernels instead; "
+                       "'edgeloop bench sync' the outbox and the MQTT link against a Mosquitto it starts.")
+    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', or 'sync'")
     p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model == "kernels":
         return run_kernels(args)
+    if args.model == "sync":
+        return run_sync(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
@@ -188,4 +191,17 @@ def run_kernels(args: argparse.Namespace) -> int:
             times = "  ".join(f"{p} {row[p + '_ms']:.3f}" for p in ("c", "numba", "numpy") if row.get(p + "_ms") is not None)
             extra = f"  pil {row['pil_ms']:.3f}  x{row['speedup_vs_pil']}" if "pil_ms" in row else ""
             print(f"{name:<28} {size or row.get('input', ''):<40} {times}{extra}")
+    return 0
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from .bench_sync import bench_sync
+    from .cli import print_json
+
+    r = bench_sync(seconds=min(args.seconds, 3.0))
+    if args.json:
+        print_json(r)
+    else:
+        for key, value in r.items():
+            print(f"{key:<24} {value}")
     return 0

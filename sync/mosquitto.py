@@ -1,5 +1,5 @@
-"""A real Mosquitto broker for the tests: an ephemeral loopback port, a generated config,
-started, killed and restarted by the tests themselves."""
+"""A Mosquitto broker of our own on loopback, for the tests and ``edgeloop bench sync``:
+an ephemeral port, a generated config, started, stopped, killed and restarted on demand."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def free_port() -> int:
 
 
 class Mosquitto:
+    """``Mosquitto(workdir).start()``; ``stop()`` (SIGTERM: it saves its queues) or ``stop(kill=True)``."""
+
     def __init__(self, workdir: Path) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
