@@ -132,3 +132,37 @@ def test_bench_sync_reports_its_keys():
                 "paho_qos1_per_s", "drain_ratio"):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert r["left_in_outbox"] == 0 and r["drain_records"] == 2000
+
+
+def test_regional_and_outbox_drain_commands(tmp_path, broker):
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "edgeloop")
+    regional_db, outbox_db = tmp_path / "regional.db", tmp_path / "outbox.db"
+    rx = subprocess.Popen([exe, "regional", "--broker", f"127.0.0.1:{broker.port}", "--db", str(regional_db),
+                           "--fleet", "f9", "--client-id", "rx-cli"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "regional: receiving edgeloop/v1/f9/+/data/#" in rx.stdout.readline()
+        time.sleep(0.3)
+        with Outbox(outbox_db, "cam-9") as box:
+            box.enqueue_many(("s", n) for n in range(500))
+        out = subprocess.run([exe, "outbox", "drain", "--db", str(outbox_db), "--broker", f"127.0.0.1:{broker.port}",
+                              "--fleet", "f9", "--device", "cam-9"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "delivered 500 records; 0 left" in out.stdout, out.stdout + out.stderr
+
+        def stored() -> int:
+            got = subprocess.run([exe, "regional", "stats", "--db", str(regional_db), "--json"],
+                                 capture_output=True, text=True)
+            return json.loads(got.stdout)["devices"].get("cam-9", {}).get("records", 0) if got.returncode == 0 else 0
+
+        wait_for(lambda: stored() == 500, 20, "500 records in the regional database")
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        assert rx.wait(10) == 0
+    bad = subprocess.run([exe, "outbox", "drain", "--db", str(outbox_db), "--broker", "host:port:x",
+                          "--device", "d"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--broker: 'host:port:x' is not HOST or HOST:PORT" in bad.stderr

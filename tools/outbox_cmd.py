@@ -9,13 +9,16 @@ from typing import Any
 
 
 def register(sub: Any, common: Any) -> None:
-    p = sub.add_parser("outbox", help="the durable outbox: stats")
+    p = sub.add_parser("outbox", help="the durable outbox: stats, drain")
     osub = p.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
     sp = osub.add_parser("stats", help="per stream: rows, bytes, oldest record, evictions")
     sp.add_argument("--db", type=Path, required=True, help="the outbox file")
     sp.add_argument("--device", default="local", help="device name (only labels the output)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(handler=cmd_stats)
+    from .regional_cmd import register_drain
+
+    register_drain(osub)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

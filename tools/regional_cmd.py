@@ -1,0 +1,101 @@
+"""``edgeloop regional``: the regional receiver; ``edgeloop regional stats``: what it holds.
+``edgeloop outbox drain``: send a device's outbox to a broker by hand."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeloop.runtime.errors import ConfigError
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, 1883
+    if not port.isdigit() or not host:
+        raise ConfigError(f"--broker: '{text}' is not HOST or HOST:PORT", "for example --broker 127.0.0.1:1883")
+    return host, int(port)
+
+
+def register(sub: Any, common: Any) -> None:
+    p = sub.add_parser("regional", help="the regional receiver (run until stopped), or its stats")
+    p.add_argument("action", nargs="?", choices=("run", "stats"), default="run")
+    p.add_argument("--db", type=Path, required=True, help="the regional database file")
+    p.add_argument("--broker", help="HOST[:PORT] (run)")
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--share", help="MQTT 5 shared-subscription group, for several receivers (run)")
+    p.add_argument("--client-id", help="a stable id keeps the broker session across restarts (run)")
+    p.add_argument("--json", action="store_true", help="(stats)")
+    p.set_defaults(handler=cmd_regional)
+
+
+def register_drain(osub: Any) -> None:
+    d = osub.add_parser("drain", help="send the outbox to a broker until it is empty")
+    d.add_argument("--db", type=Path, required=True, help="the outbox file")
+    d.add_argument("--broker", required=True, help="HOST[:PORT]")
+    d.add_argument("--fleet", default="default")
+    d.add_argument("--device", required=True)
+    d.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)")
+    d.set_defaults(handler=cmd_drain)
+
+
+def cmd_regional(args: argparse.Namespace) -> int:
+    from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+
+    from .cli import print_json
+
+    if args.action == "stats":
+        if not args.db.exists():
+            raise ConfigError(f"--db: {args.db} does not exist", "give the regional database file")
+        store = RegionalStore(args.db)
+        stats = store.stats()
+        store.close()
+        if args.json:
+            print_json(stats)
+        else:
+            for device, d in sorted(stats["devices"].items()):
+                span = (d["last_seq"] - d["first_seq"] + 1) if d["first_seq"] is not None else 0
+                print(f"{device:<24} records {d['records']:>8}  seq gaps {span - d['records']:>6}  "
+                      f"duplicates dropped {d['duplicates_dropped']}")
+            print(f"malformed payloads kept aside: {stats['malformed']}")
+        return 0
+    if not args.broker:
+        raise ConfigError("--broker is required to run the receiver", "add --broker HOST[:PORT]")
+    host, port = parse_broker(args.broker)
+    store = RegionalStore(args.db)
+    receiver = RegionalReceiver(store, host, port, fleet=args.fleet, share=args.share, client_id=args.client_id)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    receiver.start()
+    print(f"regional: receiving {receiver.subscription} from {host}:{port} into {args.db}", flush=True)
+    stop.wait()
+    receiver.stop()
+    store.close()
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from edgeloop.sync.link import LinkConfig, MqttLink
+    from edgeloop.sync.outbox import Outbox
+
+    host, port = parse_broker(args.broker)
+    with Outbox(args.db, args.device) as box:
+        link = MqttLink(box, LinkConfig(host, port, fleet=args.fleet, device=args.device))
+        link.start()
+        deadline = time.monotonic() + args.timeout
+        try:
+            while time.monotonic() < deadline:
+                if sum(s["rows"] for s in box.stats()["streams"].values()) == 0:
+                    break
+                time.sleep(0.05)
+        finally:
+            link.stop()
+        left = sum(s["rows"] for s in box.stats()["streams"].values())
+    print(f"delivered {link.stats()['delivered_records']} records; {left} left in the outbox")
+    return 0 if left == 0 else 1
