@@ -63,6 +63,7 @@ _SELECT = "seq, CAST(id AS BLOB), CAST(stream AS BLOB), priority, created, expir
 RESERVE_BYTES = 256 * 1024  # kept free on disk so eviction can still commit when the disk is full
 SALVAGE_SECONDS = 30.0  # at most this long reading a damaged file; what is not read by then is lost
 CHECK_SECONDS = 60.0  # the integrity check on open
+GATHER_S = 0.001  # at most this long waiting for more writers to join a group commit
 
 
 def record_crc(rid: str, stream: str, body: bytes) -> int:
@@ -347,14 +348,24 @@ class Outbox:
         return [item.result for item in batch]  # type: ignore[misc]
 
     def _write_loop(self) -> None:
+        last = 1  # records in the previous commit: about how many writers are active
         while True:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending and self._closing:
                     return
+                # Group commit: when fewer records wait than the last commit carried, the
+                # other writers are on their way; a moment's wait lets one sync serve them all.
+                deadline = time.monotonic() + GATHER_S
+                while len(self._pending) < last and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 batch = list(self._pending)
                 self._pending.clear()
+            last = max(1, len(batch))
             try:
                 self._write(batch)
             except BaseException as exc:  # every waiter hears about it
