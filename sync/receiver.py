@@ -110,6 +110,7 @@ class RegionalReceiver:
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 10)
         self.connected = threading.Event()
+        self.messages = 0  # payloads this receiver handled
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -125,6 +126,7 @@ class RegionalReceiver:
             # Not acknowledged: the broker delivers it again after a reconnect.
             log.exception("regional: storing a batch from %s failed; left unacknowledged", message.topic)
             return
+        self.messages += 1
         client.ack(message.mid, message.qos)
 
     def start(self) -> None:

@@ -166,3 +166,29 @@ def test_regional_and_outbox_drain_commands(tmp_path, broker):
     bad = subprocess.run([exe, "outbox", "drain", "--db", str(outbox_db), "--broker", "host:port:x",
                           "--device", "d"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--broker: 'host:port:x' is not HOST or HOST:PORT" in bad.stderr
+
+
+def test_two_receivers_on_a_shared_subscription_store_each_record_once(tmp_path, broker):
+    store = RegionalStore(tmp_path / "regional.db")
+    receivers = [RegionalReceiver(store, "127.0.0.1", broker.port, fleet="f5", share="regional",
+                                  client_id=f"rx-{n}") for n in range(2)]
+    for r in receivers:
+        r.start()
+        assert r.connected.wait(10)
+    time.sleep(0.3)
+    try:
+        with Outbox(tmp_path / "o.db", "cam-5") as box:
+            ids = {e.id for e in box.enqueue_many(("s", n) for n in range(2000))}
+            link = MqttLink(box, LinkConfig("127.0.0.1", broker.port, fleet="f5", device="cam-5",
+                                            batch_records=20, protocol="3.1.1"))
+            link.start()
+            try:
+                wait_for(lambda: store.ids() >= ids, 30, "all records through the shared subscription")
+            finally:
+                link.stop()
+        assert store.stats()["devices"]["cam-5"]["records"] == 2000
+        assert all(r.messages > 0 for r in receivers), [r.messages for r in receivers]  # the load was shared
+    finally:
+        for r in receivers:
+            r.stop()
+        store.close()
