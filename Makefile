@@ -27,10 +27,13 @@ run: $(VENV)/.installed
 
 test: test-main test-tflite
 
-# The sync tests start their own Mosquitto (Debian's package) on loopback.
+# The sync tests start their own Mosquitto (Debian's package) on loopback, and inject crashes
+# with strace.
 mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto)
+	@command -v strace >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace)
 
 test-main: $(VENV)/.installed mosquitto
 	EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest
@@ -49,9 +52,9 @@ bench: $(VENV)/.installed $(TFLITE_VENV)/.installed
 
 # Long runs of the same fault tests: more kills, more corruption trials, more fuzzing.
 soak: $(VENV)/.installed mosquitto
-	EDGELOOP_SOAK_KILLS=100 EDGELOOP_FUZZ_EXAMPLES=3000 EDGELOOP_LINK_CUT_S=60 EDGELOOP_TEST_BACKENDS=litert \
-		$(BIN)/python -m pytest tests/test_outbox_kills.py tests/test_kernels_fuzz.py tests/test_outbox.py \
-		tests/test_sync_broker.py tests/test_link_cut.py
+	EDGELOOP_SOAK_KILLS=100 EDGELOOP_FUZZ_EXAMPLES=3000 EDGELOOP_LINK_CUT_S=60 EDGELOOP_SOAK_CRASH_STEP=1 \
+		EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest tests/test_outbox_kills.py tests/test_kernels_fuzz.py \
+		tests/test_outbox.py tests/test_sync_broker.py tests/test_link_cut.py tests/test_crash_points.py
 
 # Hardware-in-the-loop: runs on a rig, skips (with the reason) what the device lacks.
 hil: $(VENV)/.installed
