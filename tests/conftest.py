@@ -94,3 +94,42 @@ def engine(backend_name: str, coral_manifest: Path):
     eng = Engine(EngineConfig(backend=backend_name, num_threads=2), ModelStore([coral_manifest]))
     yield eng
     eng.close()
+
+
+# -- a broker of our own, and the regional receiver on it ---------------------------------
+
+def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    from edgeloop.sync.mosquitto import Mosquitto
+
+    b = Mosquitto(tmp_path).start()
+    yield b
+    b.stop(kill=True)
+
+
+@pytest.fixture
+def regional(tmp_path, broker):
+    import time
+
+    from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+
+    store = RegionalStore(tmp_path / "regional.db")
+    receiver = RegionalReceiver(store, "127.0.0.1", broker.port, fleet="f1", client_id="regional-1")
+    receiver.start()
+    assert receiver.connected.wait(10)
+    time.sleep(0.2)  # the SUBACK
+    yield store
+    receiver.stop()
+    store.close()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from faultproxy import FaultProxy
-from test_sync_broker import broker, regional, wait_for  # noqa: F401  (fixtures)
+from conftest import wait_for
 
 DEVICE = r"""
 import sys, time
@@ -36,7 +36,7 @@ def rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def test_link_cut_then_healed_delivers_everything(tmp_path, broker, regional):  # noqa: F811
+def test_link_cut_then_healed_delivers_everything(tmp_path, broker, regional):
     outage = float(os.environ.get("EDGELOOP_LINK_CUT_S", "10"))
     proxy = FaultProxy(broker.port)
     device = subprocess.Popen([sys.executable, "-c", DEVICE, str(tmp_path / "outbox.db"), str(proxy.port)],

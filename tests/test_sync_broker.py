@@ -6,41 +6,13 @@ import time
 
 import msgpack
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from conftest import wait_for
+
 from edgeloop.sync.link import LinkConfig, MqttLink, topic
-from edgeloop.sync.mosquitto import Mosquitto
 from edgeloop.sync.outbox import Outbox
 from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
-
-
-@pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path).start()
-    yield b
-    b.stop(kill=True)
-
-
-def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-@pytest.fixture
-def regional(tmp_path, broker):
-    store = RegionalStore(tmp_path / "regional.db")
-    receiver = RegionalReceiver(store, "127.0.0.1", broker.port, fleet="f1", client_id="regional-1")
-    receiver.start()
-    assert receiver.connected.wait(10)
-    time.sleep(0.2)  # the SUBACK
-    yield store
-    receiver.stop()
-    store.close()
 
 
 def test_every_record_arrives_once_and_leaves_the_outbox(tmp_path, broker, regional):
