@@ -51,7 +51,7 @@ class LinkConfig:
     key_file: str | None = None
     keepalive_s: int = 30
     inflight_window: int = 16
-    batch_records: int = 500
+    batch_records: int = 1000
     batch_bytes: int = 256 * 1024
     live_share: float = 0.25
     backoff_min_s: float = 0.2
