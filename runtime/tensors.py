@@ -59,10 +59,6 @@ class TensorSpec:
     dtype: np.dtype
     quantization: Quantization | None
 
-    @property
-    def is_quantized(self) -> bool:
-        return self.quantization is not None
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -294,7 +294,7 @@ class Outbox:
         only once they are committed."""
         counts = {k: v[:] for k, v in self._counts.items()}
         inflight = set(self._inflight)
-        self._evicted: list[tuple[str, str, int]] = []
+        self._evicted = []
         try:
             with self._db:
                 yield
@@ -407,7 +407,17 @@ class Outbox:
 
     # -- eviction --------------------------------------------------------------------------
 
-    def _delete(self, where: str, args: tuple[Any, ...], reason: str) -> int:
+    def _delete_seqs(self, seqs: list[int], reason: str | None) -> int:
+        """Delete records by seq, 500 at a time (SQLite's parameter limit)."""
+        removed = 0
+        for chunk in range(0, len(seqs), 500):
+            part = seqs[chunk:chunk + 500]
+            removed += self._delete(f"seq IN ({','.join('?' * len(part))})", tuple(part), reason)
+        return removed
+
+    def _delete(self, where: str, args: tuple[Any, ...], reason: str | None) -> int:
+        """Delete matching records, keep the counts; with a ``reason`` it is an eviction,
+        counted and logged (``None``: the broker acknowledged them)."""
         rows = self._db.execute(f"DELETE FROM records WHERE {where} RETURNING stream, size, seq", args).fetchall()
         by_stream: dict[str, int] = {}
         for s, size, seq in rows:
@@ -415,7 +425,7 @@ class Outbox:
             self._counts[s][1] -= size
             self._inflight.discard(seq)
             by_stream[s] = by_stream.get(s, 0) + 1
-        for s, n in by_stream.items():
+        for s, n in by_stream.items() if reason is not None else ():
             self._db.execute("INSERT INTO evictions VALUES (?,?,?) ON CONFLICT (stream, reason) "
                              "DO UPDATE SET count = count + excluded.count", (s, reason, n))
             self._evicted.append((s, reason, n))
@@ -442,10 +452,7 @@ class Outbox:
                 break
             victims.append(seq)
             freed += rsize
-        reason = "row cap" if excess_rows > 0 else "byte cap"
-        for chunk in range(0, len(victims), 500):
-            part = victims[chunk:chunk + 500]
-            self._delete(f"seq IN ({','.join('?' * len(part))})", tuple(part), reason)
+        self._delete_seqs(victims, "row cap" if excess_rows > 0 else "byte cap")
 
     def _evict_for_space(self) -> int:
         """Disk full: give back the reserve so the eviction itself can commit, drop expired
@@ -472,38 +479,37 @@ class Outbox:
         return self._guarded(lambda: self._next_batch(max_bytes, max_records, live_share))
 
     def _next_batch(self, max_bytes: int, max_records: int, live_share: float) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._txn():
+            self._delete("expires IS NOT NULL AND expires < ?", (time.time(),), "expired")
+        live_n = int(max_records * live_share) if live_share > 0 else 0
+        picked: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        corrupt: list[int] = []
+        size = 0
+        queries = []
+        if live_n:
+            queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq DESC LIMIT ?", live_n))
+        queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq LIMIT ?", max_records + len(self._inflight)))
+        for sql, limit in queries:
+            for raw in self._db.execute(sql, (limit,)):
+                seq = raw[0]
+                if seq in self._inflight or seq in seen:
+                    continue
+                if len(picked) >= max_records or (picked and size + raw[6] > max_bytes):
+                    break
+                row = _checked(raw)
+                if row is None:
+                    corrupt.append(seq)
+                    continue
+                seen.add(seq)
+                size += row[6]
+                picked.append(dict(zip(_FIELDS, row), ts=row[4]))
+        if corrupt:  # a flipped bit SQLite's own checks cannot see: dropped and counted
             with self._txn():
-                self._delete("expires IS NOT NULL AND expires < ?", (time.time(),), "expired")
-            live_n = int(max_records * live_share) if live_share > 0 else 0
-            picked: list[dict[str, Any]] = []
-            seen: set[int] = set()
-            corrupt: list[int] = []
-            size = 0
-            queries = []
-            if live_n:
-                queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq DESC LIMIT ?", live_n))
-            queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq LIMIT ?", max_records + len(self._inflight)))
-            for sql, limit in queries:
-                for raw in self._db.execute(sql, (limit,)):
-                    seq = raw[0]
-                    if seq in self._inflight or seq in seen:
-                        continue
-                    if len(picked) >= max_records or (picked and size + raw[6] > max_bytes):
-                        break
-                    row = _checked(raw)
-                    if row is None:
-                        corrupt.append(seq)
-                        continue
-                    seen.add(seq)
-                    size += row[6]
-                    picked.append(dict(zip(_FIELDS, row), ts=row[4]))
-            if corrupt:  # a flipped bit SQLite's own checks cannot see: dropped and counted
-                with self._txn():
-                    self._delete(f"seq IN ({','.join('?' * len(corrupt))})", tuple(corrupt), "corrupt")
-            self._inflight.update(seen)
-            picked.sort(key=lambda r: r["seq"])
-            return picked
+                self._delete_seqs(corrupt, "corrupt")
+        self._inflight.update(seen)
+        picked.sort(key=lambda r: r["seq"])
+        return picked
 
     def ack(self, seqs: Iterable[int]) -> int:
         """The broker acknowledged the message carrying these records: delete them."""
@@ -512,16 +518,7 @@ class Outbox:
 
     def _ack(self, seqs: list[int]) -> int:
         with self._txn():
-            removed = 0
-            for chunk in range(0, len(seqs), 500):
-                part = seqs[chunk:chunk + 500]
-                rows = self._db.execute(
-                    f"DELETE FROM records WHERE seq IN ({','.join('?' * len(part))}) RETURNING stream, size",
-                    part).fetchall()
-                for s, size in rows:
-                    self._counts[s][0] -= 1
-                    self._counts[s][1] -= size
-                removed += len(rows)
+            removed = self._delete_seqs(seqs, None)
             self._inflight.difference_update(seqs)
             return removed
 

@@ -40,10 +40,6 @@ class BackendInterpreter:
         self._input_buffers = [native.tensor(t.index) for t in self.inputs]
         self._output_indexes = [t.index for t in self.outputs]
 
-    @property
-    def closed(self) -> bool:
-        return self._native is None
-
     def _check_open(self) -> Any:
         if self._native is None:
             raise InferenceError("interpreter is closed", "load the model again")
