@@ -15,17 +15,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 import threading
 import time
-import uuid
 import zlib
 from contextlib import contextmanager
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import apsw
 
@@ -90,14 +91,24 @@ class StreamPolicy:
     max_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class Enqueued:
+class Enqueued(NamedTuple):
+    """A stored record: its idempotency key, its per-device sequence number, its stream."""
+
     id: str
     seq: int
     stream: str
 
 
-@dataclass
+def new_ids(n: int) -> list[str]:
+    """Idempotency keys: 48 bits of milliseconds then 80 random bits each, as in UUIDv7.
+    Time-ordered keys land at the end of the unique index instead of all over it, which keeps
+    inserts cheap as the outbox grows (random keys cost 2-5x more per row at 20k rows)."""
+    ms = f"{time.time_ns() // 1_000_000:012x}"
+    rnd = os.urandom(10 * n).hex()
+    return [ms + rnd[20 * i:20 * i + 20] for i in range(n)]
+
+
+@dataclass(slots=True)
 class _Pending:
     stream: str
     body: bytes
@@ -105,10 +116,38 @@ class _Pending:
     expires: float | None
     trace: str | None
     created: float
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Enqueued | None = None
-    error: BaseException | None = None
+    id: str = ""  # assigned with seq by the writer
+    seq: int = 0
+
+
+class _Ticket:
+    """One caller's records, waiting for the commit that carries them: a thread waits on
+    ``event``; a coroutine on ``future``, settled in its own loop once per commit."""
+
+    __slots__ = ("items", "event", "loop", "future", "error")
+
+    def __init__(self, items: list[_Pending], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.items = items
+        self.loop = loop
+        self.event = threading.Event() if loop is None else None
+        self.future = None if loop is None else loop.create_future()
+        self.error: BaseException | None = None
+
+    def results(self) -> list[Enqueued]:
+        if self.error is not None:
+            raise self.error
+        return [Enqueued(item.id, item.seq, item.stream) for item in self.items]
+
+
+def _settle(tickets: list[_Ticket]) -> None:
+    """In the callers' event loop: hand each coroutine its result."""
+    for ticket in tickets:
+        if ticket.future.done():  # cancelled: the records are stored all the same
+            continue
+        try:
+            ticket.future.set_result(ticket.results())
+        except BaseException as exc:
+            ticket.future.set_exception(exc)
 
 
 def _quarantine(path: Path, reason: str) -> Path:
@@ -209,9 +248,12 @@ class Outbox:
         self._evicted: list[tuple[str, str, int]] = []
         self._reserve = Path(str(self.path) + ".reserve")
         self._keep_reserve()
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[_Ticket] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._waiting = 0  # records in self._pending
+        self._wanted = 1  # wake the writer once this many records wait
+        self._commits = self._committed = 0  # group commits made and the records they carried (this process)
         self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
         self._writer.start()
 
@@ -326,54 +368,86 @@ class Outbox:
     def enqueue_many(self, items: Iterable[tuple[str, Any]], *, priority: int | None = None,
                      ttl_s: float | None = None, trace: str | None = None) -> list[Enqueued]:
         """Store records durably in one transaction with whatever else is waiting."""
+        ticket = self._submit(_Ticket(self._records(items, priority, ttl_s, trace)))
+        ticket.event.wait()  # type: ignore[union-attr]
+        return ticket.results()
+
+    async def enqueue_async(self, stream: str, body: Any, *, priority: int | None = None,
+                            ttl_s: float | None = None, trace: str | None = None) -> Enqueued:
+        """``enqueue`` for coroutines: the loop keeps running while the commit is made, and
+        all the coroutines waiting on one commit are woken together (no thread per caller)."""
+        ticket = _Ticket(self._records([(stream, body)], priority, ttl_s, trace), asyncio.get_running_loop())
+        return (await self._submit(ticket).future)[0]  # type: ignore[misc]
+
+    def _records(self, items: Iterable[tuple[str, Any]], priority: int | None, ttl_s: float | None,
+                 trace: str | None) -> list[_Pending]:
         now = time.time()
-        batch = []
+        records = []
         for stream, body in items:
             if not isinstance(stream, str) or not stream:
                 raise ConfigError(f"stream: {stream!r} is not a stream name", "name the stream, e.g. 'vibration'")
             policy = self.policy(stream)
             ttl = ttl_s if ttl_s is not None else policy.ttl_s
-            batch.append(_Pending(stream, encode_body(body), policy.priority if priority is None else priority,
-                                  None if ttl is None else now + ttl, trace, now))
+            records.append(_Pending(stream, encode_body(body), policy.priority if priority is None else priority,
+                                    None if ttl is None else now + ttl, trace, now))
+        return records
+
+    def _submit(self, ticket: _Ticket) -> _Ticket:
         with self._cond:
             if self._closing:
                 raise OutboxError("the outbox is closed", "open it again")
-            self._pending.extend(batch)
-            self._cond.notify()
-        for item in batch:
-            item.done.wait()
-        for item in batch:
-            if item.error is not None:
-                raise item.error
-        return [item.result for item in batch]  # type: ignore[misc]
+            self._pending.append(ticket)
+            self._waiting += len(ticket.items)
+            if self._waiting >= self._wanted:  # the writer is waiting for this many
+                self._cond.notify()
+        return ticket
 
     def _write_loop(self) -> None:
         last = 1  # records in the previous commit: about how many writers are active
         while True:
             with self._cond:
+                self._wanted = 1
                 while not self._pending and not self._closing:
                     self._cond.wait()
                 if not self._pending and self._closing:
                     return
                 # Group commit: when fewer records wait than the last commit carried, the
                 # other writers are on their way; a moment's wait lets one sync serve them all.
+                self._wanted = last
                 deadline = time.monotonic() + GATHER_S
-                while len(self._pending) < last and not self._closing:
+                while self._waiting < last and not self._closing:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                batch = list(self._pending)
+                self._wanted = sys.maxsize  # busy writing; it looks again before it waits
+                tickets = list(self._pending)
                 self._pending.clear()
-            last = max(1, len(batch))
+                last, self._waiting = max(1, self._waiting), 0
             try:
+                batch = [item for ticket in tickets for item in ticket.items]
                 self._write(batch)
+                self._commits += 1
+                self._committed += len(batch)
             except BaseException as exc:  # every waiter hears about it
-                for item in batch:
-                    item.error = exc
+                for ticket in tickets:
+                    ticket.error = exc
             finally:
-                for item in batch:
-                    item.done.set()
+                self._wake(tickets)
+
+    @staticmethod
+    def _wake(tickets: list[_Ticket]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Ticket]] = {}
+        for ticket in tickets:
+            if ticket.loop is None:
+                ticket.event.set()  # type: ignore[union-attr]
+            else:
+                by_loop.setdefault(ticket.loop, []).append(ticket)
+        for loop, waiting in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, waiting)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
 
     def _write(self, batch: list[_Pending]) -> None:
         with self._lock:
@@ -390,19 +464,24 @@ class Outbox:
 
     def _insert(self, batch: list[_Pending]) -> None:
         with self._txn():
-            touched = set()
+            # seq is assigned here (the writer is the only inserter) so that one executemany
+            # stores the whole commit; AUTOINCREMENT's counter never goes back.
+            seq = self._db.execute(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name='records'), 0), "
+                "coalesce((SELECT max(seq) FROM records), 0))").fetchone()[0]
+            for item, rid in zip(batch, new_ids(len(batch))):
+                seq += 1
+                item.seq, item.id = seq, rid
+            self._db.executemany(
+                "INSERT INTO records (seq, id, stream, priority, created, expires, size, trace, body, crc) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(item.seq, item.id, item.stream, item.priority, item.created, item.expires, len(item.body),
+                  item.trace, item.body, record_crc(item.id, item.stream, item.body)) for item in batch])
             for item in batch:
-                self._db.execute(
-                    "INSERT INTO records (id, stream, priority, created, expires, size, trace, body, crc) "
-                    "VALUES (?,?,?,?,?,?,?,?,?)",
-                    (item.id, item.stream, item.priority, item.created, item.expires, len(item.body),
-                     item.trace, item.body, record_crc(item.id, item.stream, item.body)))
-                item.result = Enqueued(item.id, self._db.last_insert_rowid(), item.stream)
                 c = self._counts.setdefault(item.stream, [0, 0])
                 c[0] += 1
                 c[1] += len(item.body)
-                touched.add(item.stream)
-            for stream in touched:
+            for stream in {item.stream for item in batch}:
                 self._enforce_caps(stream)
 
     # -- eviction --------------------------------------------------------------------------
@@ -545,7 +624,8 @@ class Outbox:
             streams.setdefault(stream, {"rows": 0, "bytes": 0, "oldest": None, "evictions": {}})
             streams[stream]["evictions"][reason] = count
         return {"path": str(self.path), "device": self.device, "streams": streams,
-                "inflight": len(self._inflight), "salvage": self.salvage}
+                "inflight": len(self._inflight), "salvage": self.salvage,
+                "commits": self._commits, "committed_records": self._committed}
 
     def close(self) -> None:
         with self._cond:

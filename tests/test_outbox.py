@@ -54,8 +54,56 @@ def test_concurrent_enqueues_are_group_committed(tmp_path):
             t.start()
         for t in threads:
             t.join()
-        assert len(results) == 1600 and box.stats()["streams"]["s"]["rows"] == 1600
+        stats = box.stats()
+        assert len(results) == 1600 and stats["streams"]["s"]["rows"] == 1600
         assert len({r.seq for r in results}) == 1600
+        # One sync served several writers (8 threads: ideally 200 commits; one per record without grouping).
+        assert stats["committed_records"] == 1600 and stats["commits"] < 1600 * 0.75, stats
+
+
+def test_coroutines_enqueue_durably_and_share_commits(tmp_path):
+    import asyncio
+
+    path = tmp_path / "o.db"
+
+    async def main(box: Outbox) -> list:
+        return await asyncio.gather(*(box.enqueue_async("s", {"n": n}) for n in range(500)))
+
+    with Outbox(path, "d") as box:
+        done = asyncio.run(main(box))
+        stats = box.stats()
+    assert len({d.seq for d in done}) == 500 and len({d.id for d in done}) == 500
+    assert stats["commits"] <= 50, stats  # 500 coroutines in one loop: a handful of commits
+    assert ids_in(path) == {d.id for d in done}  # on disk when the coroutines were woken
+
+
+def test_a_cancelled_coroutine_still_stored_its_record_and_errors_reach_the_caller(tmp_path):
+    import asyncio
+
+    async def main(box: Outbox) -> None:
+        task = asyncio.ensure_future(box.enqueue_async("s", {"n": 1}))
+        await asyncio.sleep(0)  # submitted to the writer
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(CodecError, match="cannot be serialized"):
+            await box.enqueue_async("s", {"bad": object()})
+        assert (await box.enqueue_async("s", {"n": 2})).seq > 0  # still serving
+
+    path = tmp_path / "o.db"
+    with Outbox(path, "d") as box:
+        asyncio.run(main(box))
+    assert len(ids_in(path)) == 2
+
+
+def test_ids_are_time_ordered_and_unique(tmp_path):
+    with Outbox(tmp_path / "o.db", "d") as box:
+        first = box.enqueue_many([("s", n) for n in range(1000)])
+        time.sleep(0.002)
+        later = box.enqueue("s", 0)
+    ids = [d.id for d in first]
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert max(i[:12] for i in ids) < later.id[:12]  # the millisecond prefix orders them
 
 
 def test_row_cap_evicts_expired_then_lowest_priority_oldest_and_counts(tmp_path, caplog):
