@@ -61,15 +61,16 @@ def encode_batch(device: str, records: Iterable[Mapping[str, Any]]) -> bytes:
     trace and ``body`` as already-encoded msgpack bytes, spliced in without re-encoding."""
     rows = list(records)
     packer = msgpack.Packer(use_bin_type=True)
+    # Every envelope is a map of len(FIELDS) entries: the constant head, then the per-record
+    # entries (packed as one small map whose own header is cut off), then the body as it is.
+    head = packer.pack_map_header(len(FIELDS)) + packer.pack("v") + packer.pack(VERSION) \
+        + packer.pack("device") + packer.pack(device)
+    body_key = packer.pack("body")
     parts = [packer.pack_array_header(len(rows))]
     for r in rows:
-        parts.append(packer.pack_map_header(len(FIELDS)))
-        for key, value in (("v", VERSION), ("device", device), ("seq", r["seq"]), ("id", r["id"]),
-                           ("ts", r["ts"]), ("stream", r["stream"]), ("trace", r["trace"])):
-            parts.append(packer.pack(key))
-            parts.append(packer.pack(value))
-        parts.append(packer.pack("body"))
-        parts.append(bytes(r["body"]))
+        entries = packer.pack({"seq": r["seq"], "id": r["id"], "ts": r["ts"], "stream": r["stream"],
+                               "trace": r["trace"]})
+        parts += (head, entries[1:], body_key, r["body"])  # a 5-entry map's header is one byte
     return b"".join(parts)
 
 

@@ -36,7 +36,7 @@ from .codec import MAX_BATCH_BYTES, encode_body
 
 log = logging.getLogger("edgeloop.outbox")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
@@ -52,11 +52,15 @@ CREATE TABLE IF NOT EXISTS records (
     crc INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_evict ON records (stream, priority, seq);
+CREATE INDEX IF NOT EXISTS records_expires ON records (expires) WHERE expires IS NOT NULL;
 CREATE TABLE IF NOT EXISTS evictions (
     stream TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (stream, reason));
 """
 # Migrations from version N to N+1, applied in order on open.
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: expired records are found through an index instead of a scan per batch.
+    1: "CREATE INDEX IF NOT EXISTS records_expires ON records (expires) WHERE expires IS NOT NULL",
+}
 _COLUMNS = "seq, id, stream, priority, created, expires, size, trace, body, crc"
 _FIELDS = tuple(_COLUMNS.split(", "))
 # Text columns are read as bytes: a flipped bit in one must not stop a whole query.
@@ -245,6 +249,7 @@ class Outbox:
         self._lock = threading.RLock()  # one connection, one user at a time
         self._counts = self._load_counts()
         self._inflight: set[int] = set()
+        self._cursor = 0  # records at or below this seq were handed out by next_batch (or are gone)
         self._evicted: list[tuple[str, str, int]] = []
         self._reserve = Path(str(self.path) + ".reserve")
         self._keep_reserve()
@@ -300,6 +305,7 @@ class Outbox:
         self._db = self._open(self._synchronous, problem=f"{type(exc).__name__}: {exc}")
         self._counts = self._load_counts()
         self._inflight.clear()
+        self._cursor = 0
 
     def _load_counts(self) -> dict[str, list[int]]:
         rows = self._db.execute("SELECT CAST(stream AS BLOB), count(*), sum(size) FROM records GROUP BY 1")
@@ -565,17 +571,23 @@ class Outbox:
         seen: set[int] = set()
         corrupt: list[int] = []
         size = 0
+        # The backlog is read from just past the oldest-end cursor (every seq at or below it is
+        # in flight or gone), so a full in-flight window is not rescanned for every batch.
         queries = []
         if live_n:
-            queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq DESC LIMIT ?", live_n))
-        queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq LIMIT ?", max_records + len(self._inflight)))
-        for sql, limit in queries:
-            for raw in self._db.execute(sql, (limit,)):
+            queries.append((f"SELECT {_SELECT} FROM records ORDER BY seq DESC LIMIT ?", (live_n,), False))
+        queries.append((f"SELECT {_SELECT} FROM records WHERE seq > ? ORDER BY seq", (self._cursor,), True))
+        for sql, args, oldest_end in queries:
+            for raw in self._db.execute(sql, args):
                 seq = raw[0]
                 if seq in self._inflight or seq in seen:
+                    if oldest_end:
+                        self._cursor = seq
                     continue
                 if len(picked) >= max_records or (picked and size + raw[6] > max_bytes):
                     break
+                if oldest_end:
+                    self._cursor = seq
                 row = _checked(raw)
                 if row is None:
                     corrupt.append(seq)
@@ -606,8 +618,11 @@ class Outbox:
         with self._lock:
             if seqs is None:
                 self._inflight.clear()
+                self._cursor = 0
             else:
+                seqs = list(seqs)
                 self._inflight.difference_update(seqs)
+                self._cursor = min([self._cursor, *(s - 1 for s in seqs)])
 
     # -- reporting -------------------------------------------------------------------------
 

@@ -254,3 +254,43 @@ def test_outbox_stats_command(tmp_path):
     assert stream["rows"] == 2 and stream["evictions"] == {"row cap": 1}
     missing = subprocess.run([exe, "outbox", "stats", "--db", str(tmp_path / "nope.db")], capture_output=True, text=True)
     assert missing.returncode == 2 and "--db: " in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_a_version_1_file_is_migrated_in_place(tmp_path):
+    path = tmp_path / "v1.db"
+    db = apsw.Connection(str(path))
+    db.execute("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, stream TEXT NOT NULL,
+            priority INTEGER NOT NULL, created REAL NOT NULL, expires REAL, size INTEGER NOT NULL, trace TEXT,
+            body BLOB NOT NULL, crc INTEGER NOT NULL);
+        CREATE INDEX records_evict ON records (stream, priority, seq);
+        CREATE TABLE evictions (stream TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
+            PRIMARY KEY (stream, reason));
+        INSERT INTO meta VALUES ('schema', '1');""")
+    from edgeloop.sync.outbox import record_crc
+    body = b"\x81\xa1n\x01"
+    db.execute("INSERT INTO records (id, stream, priority, created, size, body, crc) VALUES (?,?,?,?,?,?,?)",
+               ("old-1", "s", 0, time.time(), len(body), body, record_crc("old-1", "s", body)))
+    db.close()
+    with Outbox(path, "d") as box:
+        new = box.enqueue("s", {"n": 2})
+        batch = box.next_batch(live_share=0)
+    assert [r["id"] for r in batch] == ["old-1", new.id] and new.seq == 2
+    db = apsw.Connection(str(path))
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+    assert db.execute("SELECT name FROM sqlite_master WHERE name='records_expires'").fetchone() == ("records_expires",)
+    db.close()
+
+
+def test_released_records_are_sent_again_before_newer_ones(tmp_path):
+    with Outbox(tmp_path / "o.db", "d") as box:
+        done = box.enqueue_many([("s", n) for n in range(30)])
+        first = box.next_batch(max_records=10, live_share=0)
+        second = box.next_batch(max_records=10, live_share=0)
+        assert [r["seq"] for r in second] == [d.seq for d in done[10:20]]
+        box.release(r["seq"] for r in first[5:])  # the message carrying these was lost
+        again = box.next_batch(max_records=10, live_share=0)
+        assert [r["seq"] for r in again] == [d.seq for d in done[5:10] + done[20:25]]
+        box.release()  # disconnect: everything in flight goes back
+        assert [r["seq"] for r in box.next_batch(max_records=30, live_share=0)] == [d.seq for d in done]
