@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -69,6 +70,8 @@ class MqttLink:
         self.delivered = 0  # records acknowledged
         self._pending: dict[int, list[int]] = {}  # mid -> outbox seqs
         self._early: set[int] = set()  # mids acknowledged before they were recorded
+        self._acked_seqs: list[int] = []  # acknowledged, not yet deleted from the outbox
+        self._acked_messages = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._running = False
@@ -94,6 +97,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
         return client
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -123,6 +127,7 @@ class MqttLink:
             info.wait_for_publish(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        self._delete_acked()
         self._release_all()
 
     def stats(self) -> dict[str, Any]:
@@ -147,6 +152,12 @@ class MqttLink:
             self._wake.notify_all()
         log.info("link: online to %s:%d", c.host, c.port)
 
+    @staticmethod
+    def _on_socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho leaves Nagle on: a small publish would wait for the broker's delayed ACK.
+        if hasattr(sock, "setsockopt"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         with self._wake:
             self.state = CONNECTING if self._running else OFFLINE
@@ -164,14 +175,22 @@ class MqttLink:
                     self._early.clear()
                 self._early.add(mid)
                 return
-        self._acked(seqs)
+            # The drain thread deletes them: paho's network thread never waits on the disk,
+            # and the acks that arrive together are deleted in one transaction.
+            self._acked_seqs += seqs
+            self._acked_messages += 1
+            self._wake.notify_all()
 
-    def _acked(self, seqs: list[int]) -> None:
+    def _delete_acked(self) -> None:
+        with self._wake:
+            seqs, messages = self._acked_seqs, self._acked_messages
+            self._acked_seqs, self._acked_messages = [], 0
+        if not seqs:
+            return
         self.outbox.ack(seqs)
         with self._wake:
-            self.published += 1
+            self.published += messages
             self.delivered += len(seqs)
-            self._wake.notify_all()
 
     def _release_all(self) -> None:
         with self._wake:
@@ -183,37 +202,56 @@ class MqttLink:
     # -- draining ---------------------------------------------------------------------------
 
     def _drain_loop(self) -> None:
-        c = self.config
-        idle = 0.01
+        idle = 0.0  # how long to wait for new records when the outbox had none
         while self._running:
             with self._wake:
-                while self._running and (self.state != ONLINE or len(self._pending) >= c.inflight_window):
-                    self._wake.wait(0.5)
-                if not self._running:
-                    return
-            batch = self.outbox.next_batch(max_bytes=c.batch_bytes, max_records=c.batch_records,
-                                           live_share=c.live_share)
-            if not batch:
-                time.sleep(idle)
-                idle = min(idle * 2, 0.2) + random.uniform(0, 0.005)
+                # Woken by acks (to delete), by room in the window, or after `idle` to look
+                # for new records.
+                deadline = time.monotonic() + (idle or 0.5)
+                while self._running and not self._acked_seqs and not (self._can_send() and not idle):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+            if self._can_send():
+                sent = 0
+                while self._running and self._can_send():  # refill the window first, then delete
+                    n = self._send_batch()
+                    if n <= 0:
+                        sent = sent if n == 0 else 0  # refused: back off as if there were nothing
+                        break
+                    sent += n
+                idle = 0.0 if sent else min(max(idle * 2, 0.01), 0.2) + random.uniform(0, 0.005)
+            self._delete_acked()
+
+    def _can_send(self) -> bool:
+        return self.state == ONLINE and len(self._pending) < self.config.inflight_window
+
+    def _send_batch(self) -> int:
+        """Publish the next batch (one message per stream): records sent, 0 when the outbox
+        is empty, -1 when paho refused (not connected)."""
+        c = self.config
+        batch = self.outbox.next_batch(max_bytes=c.batch_bytes, max_records=c.batch_records,
+                                       live_share=c.live_share)
+        by_stream: dict[str, list[dict[str, Any]]] = {}
+        for record in batch:
+            by_stream.setdefault(record["stream"], []).append(record)
+        sent, refused = 0, False
+        for stream, records in by_stream.items():
+            payload = encode_batch(c.device, records)
+            seqs = [r["seq"] for r in records]
+            # Not under our lock: paho's thread may be inside a callback that needs it.
+            info = self._client.publish(topic(c.fleet, c.device, f"data/{stream}"), payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self.outbox.release(seqs)  # not sent: try again later
+                refused = True
                 continue
-            idle = 0.01
-            by_stream: dict[str, list[dict[str, Any]]] = {}
-            for record in batch:
-                by_stream.setdefault(record["stream"], []).append(record)
-            for stream, records in by_stream.items():
-                payload = encode_batch(c.device, records)
-                seqs = [r["seq"] for r in records]
-                # Not under our lock: paho's thread may be inside a callback that needs it.
-                info = self._client.publish(topic(c.fleet, c.device, f"data/{stream}"), payload, qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    self.outbox.release(seqs)  # not sent: try again later
-                    continue
-                with self._wake:
-                    early = info.mid in self._early
-                    if early:
-                        self._early.discard(info.mid)
-                    else:
-                        self._pending[info.mid] = seqs
-                if early:
-                    self._acked(seqs)
+            sent += len(seqs)
+            with self._wake:
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    self._acked_seqs += seqs
+                    self._acked_messages += 1
+                else:
+                    self._pending[info.mid] = seqs
+        return -1 if refused else sent

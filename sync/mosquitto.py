@@ -32,6 +32,8 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {workdir}/\nautosave_interval 1\nmax_inflight_messages 0\n"
             "max_queued_messages 0\nlog_dest none\n"
+            # Acks are tiny: without this, Nagle holds one back until the peer's delayed ACK.
+            "set_tcp_nodelay true\n"
             # Started as root, Mosquitto drops to user "mosquitto", who cannot write its
             # persistence file into the test's directory: stay root here.
             + ("user root\n" if os.geteuid() == 0 else ""))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from faultproxy import FaultProxy
+from edgeloop.tools.faultproxy import FaultProxy
 from conftest import wait_for
 
 DEVICE = r"""

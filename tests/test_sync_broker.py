@@ -100,10 +100,11 @@ def test_bench_sync_reports_its_keys():
     from edgeloop.tools.bench_sync import bench_sync
 
     r = bench_sync(seconds=0.3, records=2000)
-    for key in ("enqueue_group_per_s", "enqueue_single_per_s", "group_commit_ratio", "drain_records_per_s",
-                "paho_qos1_per_s", "drain_ratio"):
+    for key in ("enqueue_group_per_s", "enqueue_single_per_s", "group_commit_ratio", "enqueue_group_threads_per_s",
+                "drain_records_per_s", "paho_qos1_per_s", "paho_qos1_pipelined_per_s", "drain_ratio",
+                "drain_ratio_pipelined", "drain_rtt_records_per_s", "drain_rtt_fraction_of_bound"):
         assert isinstance(r[key], float) and r[key] > 0, key
-    assert r["left_in_outbox"] == 0 and r["drain_records"] == 2000
+    assert r["drain_records"] == 2000 and r["rtt_ms"] == 50.0
 
 
 def test_regional_and_outbox_drain_commands(tmp_path, broker):

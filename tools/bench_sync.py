@@ -6,11 +6,13 @@
 - ``enqueue_group_threads_per_s``: the same with 16 threads calling ``enqueue``; each caller
   is an OS thread to wake per record, which bounds it well below the coroutines.
 - ``drain_records_per_s``: a pre-filled outbox drained by the link until every record is
-  acknowledged by the broker and deleted (end to end).
+  acknowledged by the broker and deleted (end to end), timed from the link being online.
 - ``paho_qos1_per_s``: a bare paho loop publishing the same records one per message at QoS 1
   (publish, wait for the PUBACK, next), in the same run; ``drain_ratio`` = drain / paho.
   ``paho_qos1_pipelined_per_s`` / ``drain_ratio_pipelined``: the same loop not waiting between
   publishes (paho's window of 20 in flight) — the stronger baseline, reported next to it.
+- ``drain_rtt_records_per_s``: the drain through the fault proxy adding a 50 ms round trip,
+  16 messages of 100 records in flight, next to its bound window x records / RTT.
 Bodies are 200 bytes.
 """
 
@@ -75,24 +77,45 @@ async def _coroutine_rate(box: Any, writers: int, seconds: float) -> float:
     return count[0] / (time.perf_counter() - start)
 
 
-def _drain_rate(workdir: Path, port: int, records: int) -> dict[str, float]:
+def _drain_rate(workdir: Path, port: int, records: int, name: str = "drain", **link: Any) -> float:
     from edgeloop.sync.link import LinkConfig, MqttLink
     from edgeloop.sync.outbox import Outbox
 
-    with Outbox(workdir / "drain.db", "bench") as box:
+    with Outbox(workdir / f"{name}.db", "bench") as box:
         for chunk in range(0, records, 5000):
             box.enqueue_many(("s", BODY) for _ in range(min(5000, records - chunk)))
-        link = MqttLink(box, LinkConfig("127.0.0.1", port, fleet="bench", device="bench"))
-        start = time.perf_counter()
+        link = MqttLink(box, LinkConfig("127.0.0.1", port, fleet="bench", device=name, **link))
         link.start()
         try:
+            while link.stats()["state"] != "online":  # connecting is not draining
+                time.sleep(0.001)
+            start = time.perf_counter()
             while link.stats()["delivered_records"] < records:
                 time.sleep(0.01)
             elapsed = time.perf_counter() - start
         finally:
             link.stop()
         left = sum(s["rows"] for s in box.stats()["streams"].values())
-    return {"drain_records_per_s": round(records / elapsed, 1), "drain_records": records, "left_in_outbox": left}
+    if left:
+        raise RuntimeError(f"bench sync: {left} records still in the outbox after the drain")
+    return records / elapsed
+
+
+def _drain_over_rtt(workdir: Path, port: int, records: int, rtt_s: float, window: int,
+                    per_message: int) -> dict[str, Any]:
+    """The drain through the fault proxy with a round trip added: the link must keep its
+    window full, so it should approach window x records per message / RTT."""
+    from .faultproxy import FaultProxy
+
+    proxy = FaultProxy(port, rtt_s=rtt_s)
+    try:
+        rate = _drain_rate(workdir, proxy.port, records, "rtt", inflight_window=window, batch_records=per_message)
+    finally:
+        proxy.close()
+    bound = window * per_message / rtt_s
+    return {"rtt_ms": rtt_s * 1000, "rtt_window": window, "rtt_records_per_message": per_message,
+            "drain_rtt_records_per_s": round(rate, 1), "drain_rtt_bound_per_s": round(bound, 1),
+            "drain_rtt_fraction_of_bound": round(rate / bound, 3)}
 
 
 def _paho_rates(port: int, messages: int) -> dict[str, float]:
@@ -131,7 +154,9 @@ def bench_sync(seconds: float = 2.0, records: int = 50_000) -> dict[str, Any]:
         broker = Mosquitto(workdir).start()
         try:
             result.update(_paho_rates(broker.port, min(records, 20_000)))
-            result.update(_drain_rate(workdir, broker.port, records))
+            result["drain_records_per_s"] = round(_drain_rate(workdir, broker.port, records), 1)
+            result["drain_records"] = records
+            result.update(_drain_over_rtt(workdir, broker.port, min(records, 40_000), 0.05, window=16, per_message=100))
         finally:
             broker.stop(kill=True)
     result["drain_ratio"] = round(result["drain_records_per_s"] / result["paho_qos1_per_s"], 2)
