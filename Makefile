@@ -34,6 +34,8 @@ mosquitto:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto)
 	@command -v strace >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace)
+	@command -v openssl >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
 
 test-main: $(VENV)/.installed mosquitto
 	EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest

@@ -72,6 +72,7 @@ class MqttLink:
         self._early: set[int] = set()  # mids acknowledged before they were recorded
         self._acked_seqs: list[int] = []  # acknowledged, not yet deleted from the outbox
         self._acked_messages = 0
+        self._refused_mqtt5 = False
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._running = False
@@ -105,6 +106,10 @@ class MqttLink:
     def start(self) -> None:
         self._running = True
         self.state = CONNECTING
+        self._connect()
+        self._drainer.start()
+
+    def _connect(self) -> None:
         properties = None
         if self._protocol == mqtt.MQTTv5:
             properties = Properties(PacketTypes.CONNECT)
@@ -113,7 +118,15 @@ class MqttLink:
                                    clean_start=False if self._protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                                    properties=properties)
         self._client.loop_start()
-        self._drainer.start()
+
+    def _fall_back_to_311(self) -> None:
+        """The broker refused MQTT 5: a new paho client speaking 3.1.1 (paho fixes the protocol
+        when a client is made). On the drain thread: paho's own thread cannot stop itself."""
+        log.warning("link: %s:%d refused MQTT 5; reconnecting with MQTT 3.1.1", self.config.host, self.config.port)
+        self._client.loop_stop()
+        self._protocol = mqtt.MQTTv311
+        self._client = self._make_client()
+        self._connect()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Say ``offline``, disconnect cleanly; what is still in flight stays in the outbox."""
@@ -132,7 +145,8 @@ class MqttLink:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"state": self.state, "in_flight_messages": len(self._pending),
+            return {"state": self.state, "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
+                    "in_flight_messages": len(self._pending),
                     "published_messages": self.published, "delivered_records": self.delivered}
 
     # -- paho callbacks (its network thread) ----------------------------------------------
@@ -141,9 +155,9 @@ class MqttLink:
         if reason.is_failure:
             log.warning("link: broker refused the connection: %s", reason)
             if self._protocol == mqtt.MQTTv5 and "protocol" in str(reason).lower():
-                log.warning("link: retrying with MQTT 3.1.1")
-                self._protocol = mqtt.MQTTv311
-                client._protocol = mqtt.MQTTv311  # paho reads it at the next connect
+                with self._wake:
+                    self._refused_mqtt5 = True
+                    self._wake.notify_all()
             return
         c = self.config
         client.publish(topic(c.fleet, c.device, "status"), b"online", qos=1, retain=True)
@@ -208,11 +222,15 @@ class MqttLink:
                 # Woken by acks (to delete), by room in the window, or after `idle` to look
                 # for new records.
                 deadline = time.monotonic() + (idle or 0.5)
-                while self._running and not self._acked_seqs and not (self._can_send() and not idle):
+                while self._running and not self._acked_seqs and not self._refused_mqtt5 and not (
+                        self._can_send() and not idle):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
+                refused, self._refused_mqtt5 = self._refused_mqtt5, False
+            if refused and self._running:
+                self._fall_back_to_311()
             if self._can_send():
                 sent = 0
                 while self._running and self._can_send():  # refill the window first, then delete

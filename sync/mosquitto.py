@@ -20,7 +20,9 @@ def free_port() -> int:
 class Mosquitto:
     """``Mosquitto(workdir).start()``; ``stop()`` (SIGTERM: it saves its queues) or ``stop(kill=True)``."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: str = "") -> None:
+        """``extra``: more configuration appended, e.g. a TLS listener; the plain listener
+        stays anonymous (``per_listener_settings``)."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto; `make test` does it)")
@@ -29,14 +31,14 @@ class Mosquitto:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"per_listener_settings true\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {workdir}/\nautosave_interval 1\nmax_inflight_messages 0\n"
             "max_queued_messages 0\nlog_dest none\n"
             # Acks are tiny: without this, Nagle holds one back until the peer's delayed ACK.
             "set_tcp_nodelay true\n"
             # Started as root, Mosquitto drops to user "mosquitto", who cannot write its
             # persistence file into the test's directory: stay root here.
-            + ("user root\n" if os.geteuid() == 0 else ""))
+            + ("user root\n" if os.geteuid() == 0 else "") + extra)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Mosquitto":

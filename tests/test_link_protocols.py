@@ -1,0 +1,119 @@
+"""The link's protocol and security options against a real Mosquitto: falling back to MQTT 3.1.1
+when the broker refuses 5, TLS with a client certificate (mutual TLS) and a password, and the
+refusals that must leave every record in the outbox."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+from edgeloop.sync.link import LinkConfig, MqttLink
+from edgeloop.sync.outbox import Outbox
+from edgeloop.tools.faultproxy import FaultProxy
+
+
+def drain(tmp_path: Path, name: str, config: LinkConfig, n: int = 50, seconds: float = 15.0) -> tuple[set, MqttLink, int]:
+    """Enqueue ``n`` records, run the link for up to ``seconds`` or until the outbox is empty."""
+    with Outbox(tmp_path / f"{name}.db", config.device) as box:
+        ids = {e.id for e in box.enqueue_many(("s", {"n": k}) for k in range(n))}
+        link = MqttLink(box, config)
+        link.start()
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and sum(s["rows"] for s in box.stats()["streams"].values()):
+                time.sleep(0.05)
+        finally:
+            link.stop()
+        left = sum(s["rows"] for s in box.stats()["streams"].values())
+    return ids, link, left
+
+
+def test_a_broker_that_refuses_mqtt5_gets_mqtt_311(tmp_path, broker, regional, caplog):
+    proxy = FaultProxy(broker.port, refuse_mqtt5=True)
+    try:
+        ids, link, left = drain(tmp_path, "old", LinkConfig("127.0.0.1", proxy.port, fleet="f1", device="old-1"))
+    finally:
+        proxy.close()
+    assert left == 0 and link.stats()["protocol"] == "3.1.1"
+    wait_for(lambda: regional.ids() >= ids, 10, "the records sent over MQTT 3.1.1")
+    assert any("reconnecting with MQTT 3.1.1" in r.getMessage() for r in caplog.records)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=d)
+
+
+def make_cert(d: Path, name: str, ca: str, san: str) -> None:
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", cwd=d)
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """A Mosquitto with a plain listener (for the regional receiver) and a TLS listener that
+    requires a client certificate from our CA and a password."""
+    from edgeloop.sync.mosquitto import Mosquitto, free_port
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    make_ca(d, "ca")
+    make_ca(d, "rogue-ca")
+    make_cert(d, "server", "ca", "IP:127.0.0.1,DNS:localhost")
+    make_cert(d, "device", "ca", "DNS:device-1")
+    make_cert(d, "rogue", "rogue-ca", "DNS:device-1")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "device-1", "s3cret"], check=True,
+                   capture_output=True)
+    tls_port = free_port()
+    b = Mosquitto(tmp_path, extra=(
+        f"listener {tls_port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
+        f"require_certificate true\nallow_anonymous false\npassword_file {d}/passwd\n")).start()
+    b.tls_port, b.pki = tls_port, d
+    yield b
+    b.stop(kill=True)
+
+
+def tls_config(b, *, ca: str = "ca", cert: str | None = "device", password: str = "s3cret") -> LinkConfig:
+    d = b.pki
+    return LinkConfig("127.0.0.1", b.tls_port, fleet="f1", device="dev-tls", username="device-1", password=password,
+                      ca_file=str(d / f"{ca}.crt"), cert_file=str(d / f"{cert}.crt") if cert else None,
+                      key_file=str(d / f"{cert}.key") if cert else None, backoff_max_s=0.5)
+
+
+def test_mutual_tls_with_a_password_delivers(tmp_path, tls_broker):
+    from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+
+    store = RegionalStore(tmp_path / "regional.db")
+    receiver = RegionalReceiver(store, "127.0.0.1", tls_broker.port, fleet="f1", client_id="regional-tls")
+    receiver.start()
+    try:
+        assert receiver.connected.wait(10)
+        time.sleep(0.2)
+        ids, link, left = drain(tmp_path, "tls", tls_config(tls_broker))
+        assert left == 0
+        wait_for(lambda: store.ids() >= ids, 10, "the records sent over mutual TLS")
+    finally:
+        receiver.stop()
+        store.close()
+
+
+@pytest.mark.parametrize("case", ["no client certificate", "certificate from another CA",
+                                  "server not trusted", "wrong password"])
+def test_refused_connections_keep_every_record(tmp_path, tls_broker, case):
+    config = {"no client certificate": lambda: tls_config(tls_broker, cert=None),
+              "certificate from another CA": lambda: tls_config(tls_broker, cert="rogue"),
+              "server not trusted": lambda: tls_config(tls_broker, ca="rogue-ca"),
+              "wrong password": lambda: tls_config(tls_broker, password="guess")}[case]()
+    ids, link, left = drain(tmp_path, "refused", config, n=20, seconds=2.0)
+    assert left == 20 and link.stats()["state"] != "online" and link.stats()["delivered_records"] == 0
