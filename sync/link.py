@@ -33,6 +33,12 @@ log = logging.getLogger("edgeloop.link")
 OFFLINE, CONNECTING, ONLINE = "offline", "connecting", "online"
 
 
+def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: uniform between ``low`` and ``low * 2**attempt``
+    (capped at ``high``), so a fleet that lost the same broker does not come back in step."""
+    return rng.uniform(low, min(high, low * 2 ** min(attempt, 30)))
+
+
 def topic(fleet: str, device: str, kind: str) -> str:
     """``edgeloop/v1/{fleet}/{device}/{kind}``, the convention of the design handbook."""
     return f"edgeloop/v1/{fleet}/{device}/{kind}"
@@ -73,10 +79,13 @@ class MqttLink:
         self._acked_seqs: list[int] = []  # acknowledged, not yet deleted from the outbox
         self._acked_messages = 0
         self._refused_mqtt5 = False
+        self._attempt = 0  # failed connections since the last success
+        self._rng = random.Random()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._running = False
         self._protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+        self.last_backoff_s = 0.0
         self._client = self._make_client()
         self._drainer = threading.Thread(target=self._drain_loop, name="link-drain", daemon=True)
 
@@ -87,7 +96,7 @@ class MqttLink:
                              clean_session=None if self._protocol == mqtt.MQTTv5 else False)
         client.max_inflight_messages_set(c.inflight_window)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(c.backoff_min_s, c.backoff_max_s)
+        client.reconnect_delay_set(c.backoff_min_s, c.backoff_min_s)  # each wait is set by _back_off
         if c.username is not None:
             client.username_pw_set(c.username, c.password)
         if c.ca_file:
@@ -99,6 +108,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
+        client.on_connect_fail = lambda client, userdata: self._back_off()
         return client
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -160,6 +170,7 @@ class MqttLink:
                     self._wake.notify_all()
             return
         c = self.config
+        self._attempt = 0
         client.publish(topic(c.fleet, c.device, "status"), b"online", qos=1, retain=True)
         with self._wake:
             self.state = ONLINE
@@ -172,7 +183,15 @@ class MqttLink:
         if hasattr(sock, "setsockopt"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _back_off(self) -> None:
+        """Before paho's next reconnect: the wait for it (paho's own backoff has no jitter)."""
+        delay = backoff_s(self._attempt, self.config.backoff_min_s, self.config.backoff_max_s, self._rng)
+        self._attempt += 1
+        self._client.reconnect_delay_set(delay, delay)
+        self.last_backoff_s = delay
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._back_off()
         with self._wake:
             self.state = CONNECTING if self._running else OFFLINE
         self._release_all()

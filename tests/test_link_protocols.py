@@ -117,3 +117,49 @@ def test_refused_connections_keep_every_record(tmp_path, tls_broker, case):
               "wrong password": lambda: tls_config(tls_broker, password="guess")}[case]()
     ids, link, left = drain(tmp_path, "refused", config, n=20, seconds=2.0)
     assert left == 20 and link.stats()["state"] != "online" and link.stats()["delivered_records"] == 0
+
+
+def test_backoff_grows_with_jitter():
+    import random
+
+    from edgeloop.sync.link import backoff_s
+
+    rng = random.Random(1)
+    for attempt in range(12):
+        waits = [backoff_s(attempt, 0.2, 30.0, rng) for _ in range(200)]
+        top = min(30.0, 0.2 * 2 ** attempt)
+        assert all(0.2 <= w <= top for w in waits)
+        if attempt >= 2:
+            assert max(waits) - min(waits) > top * 0.5  # spread, so a fleet does not reconnect in step
+    assert backoff_s(10_000, 0.2, 30.0, rng) <= 30.0
+
+
+def test_reconnect_attempts_back_off_against_a_dead_broker(tmp_path):
+    """A port that accepts and hangs up at once: the link's attempts spread out over time."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    attempts: list[float] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            attempts.append(time.monotonic())
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    config = LinkConfig("127.0.0.1", listener.getsockname()[1], device="dead", backoff_min_s=0.05, backoff_max_s=0.8)
+    try:
+        _, link, left = drain(tmp_path, "dead", config, n=5, seconds=4.0)
+    finally:
+        listener.close()
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert left == 5 and 7 <= len(attempts) <= 40, attempts
+    assert max(gaps[-4:]) > 2 * min(gaps[:2]), gaps  # later waits are longer
+    assert len({round(g, 3) for g in gaps}) > len(gaps) // 2, gaps  # and jittered
