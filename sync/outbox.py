@@ -31,6 +31,7 @@ from typing import Any, Iterable, NamedTuple
 import apsw
 
 from edgeloop.runtime.errors import ConfigError, EdgeloopError
+from edgeloop.runtime.sqlite_files import integrity_problem, quarantine, time_limit
 
 from .codec import MAX_BATCH_BYTES, encode_body
 
@@ -154,17 +155,6 @@ def _settle(tickets: list[_Ticket]) -> None:
             ticket.future.set_exception(exc)
 
 
-def _quarantine(path: Path, reason: str) -> Path:
-    """Rename a damaged database (and its WAL/SHM) aside; nothing is deleted."""
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(str(path) + suffix)
-        if src.exists():
-            src.rename(Path(str(aside) + suffix))
-    log.error("outbox: %s is damaged (%s); kept as %s, salvaging what can be read", path, reason, aside)
-    return aside
-
-
 def _checked(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """A row read with ``_SELECT``, text decoded, if its checksum still holds; else None."""
     seq, rid, stream, priority, created, expires, size, trace, body, crc = row
@@ -176,18 +166,6 @@ def _checked(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     if not isinstance(body, bytes) or size != len(body) or record_crc(rid, stream, body) != crc:
         return None
     return seq, rid, stream, priority, created, expires, size, trace, body, crc
-
-
-@contextmanager
-def _time_limit(conn: apsw.Connection, seconds: float) -> Any:
-    """Interrupt statements on ``conn`` that run past ``seconds``: a corrupt page can send
-    SQLite round in circles, and a device must not hang on its own outbox."""
-    deadline = time.monotonic() + seconds
-    conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
-    try:
-        yield
-    finally:
-        conn.set_progress_handler(None)
 
 
 def _salvage(aside: Path, db: apsw.Connection) -> tuple[int, int]:
@@ -205,7 +183,7 @@ def _salvage(aside: Path, db: apsw.Connection) -> tuple[int, int]:
     give_up = time.monotonic() + SALVAGE_SECONDS
     while misses < 48 and time.monotonic() < give_up:
         try:
-            with _time_limit(old, 1.0):
+            with time_limit(old, 1.0):
                 rows = old.execute(f"SELECT {_SELECT} FROM records WHERE seq > ? ORDER BY seq LIMIT 64",
                                    (after,)).fetchall()
         except (apsw.Error, ValueError):
@@ -279,17 +257,15 @@ class Outbox:
         if problem is None:
             try:
                 db = self._connect(synchronous)
-                with _time_limit(db, CHECK_SECONDS):
-                    check = db.execute("PRAGMA integrity_check").fetchall()
-                if check != [("ok",)]:
-                    problem = "; ".join(str(r[0]) for r in check[:3])
+                problem = integrity_problem(db, CHECK_SECONDS)
+                if problem is not None:
                     db.close()
             except apsw.Error as exc:
                 problem = f"{type(exc).__name__}: {exc}"
         if problem is None:
             self._migrate(db)
             return db
-        aside = _quarantine(self.path, problem)
+        aside = quarantine(self.path, problem)
         db = self._connect(synchronous)
         self._migrate(db)
         salvaged, lost = _salvage(aside, db)

@@ -1,0 +1,95 @@
+"""Few-shot decisions on the device (imprinting): labelled examples go into a collection, a
+new input takes the label of its nearest neighbours, or "unknown" when even the nearest is
+farther than a threshold. The embedding function is pluggable: an image model through the
+engine (``image_embedder``), or any callable for text or other data."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .collection import Collection, Neighbour
+
+UNKNOWN = "unknown"
+DEFAULT_THRESHOLD = 0.3  # cosine distance; crops of one photo sit < 0.18 apart, other photos > 0.38 (see README)
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str  # UNKNOWN when no neighbour is within the threshold
+    distance: float  # to the nearest neighbour
+    votes: dict[str, int]
+    neighbours: list[Neighbour]
+
+    @property
+    def known(self) -> bool:
+        return self.label != UNKNOWN
+
+
+def source_bytes(source: Any) -> tuple[bytes, str]:
+    """What is kept of an input so the collection can be re-embedded later: a file's bytes,
+    an image as PNG, an array as .npy, text as UTF-8."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        return Path(source).read_bytes(), Path(source).suffix.lstrip(".").lower() or "bin"
+    if hasattr(source, "save"):  # a PIL image
+        buf = io.BytesIO()
+        source.save(buf, format="PNG")
+        return buf.getvalue(), "png"
+    if isinstance(source, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, source, allow_pickle=False)
+        return buf.getvalue(), "npy"
+    if isinstance(source, str):
+        return source.encode(), "text"
+    if isinstance(source, bytes):
+        return source, "bin"
+    raise TypeError(f"cannot keep a {type(source).__name__} as a source")
+
+
+def image_embedder(model: Any) -> Callable[[Any], np.ndarray]:
+    """An embedding function from a loaded model (``Engine.load(...)``): paths, PIL images,
+    arrays, and stored source bytes (for ``Collection.rebuild``)."""
+    from PIL import Image
+
+    def embed(source: Any, kind: str | None = None) -> np.ndarray:
+        if isinstance(source, bytes):
+            source = np.load(io.BytesIO(source), allow_pickle=False) if kind == "npy" else \
+                Image.open(io.BytesIO(source)).convert("RGB")
+        return model.embed(source).vector
+
+    return embed
+
+
+class Imprinter:
+    def __init__(self, collection: Collection, embed: Callable[[Any], np.ndarray], *, k: int = 5,
+                 threshold: float = DEFAULT_THRESHOLD) -> None:
+        self.collection = collection
+        self.embed = embed
+        self.k = k
+        self.threshold = threshold
+
+    def add(self, label: str, source: Any, *, id: str | None = None, keep_source: bool = True) -> str:
+        """Embed ``source`` and store it as an example of ``label``; returns its id."""
+        vector = self.embed(source)
+        item_id = id or f"{label}-{os.urandom(6).hex()}"
+        data, kind = source_bytes(source) if keep_source else (None, None)
+        self.collection.add(item_id, vector, label=label, source=data, source_type=kind)
+        return item_id
+
+    def classify(self, source: Any) -> Decision:
+        """The majority label among the ``k`` nearest examples within the threshold (ties go
+        to the nearer examples); UNKNOWN when the nearest is beyond it."""
+        neighbours = self.collection.query(self.embed(source), self.k)
+        near = [n for n in neighbours if n.distance <= self.threshold and n.label]
+        if not near:
+            return Decision(UNKNOWN, neighbours[0].distance if neighbours else float("inf"), {}, neighbours)
+        votes = Counter(n.label for n in near)
+        best = max(votes.values())
+        label = next(n.label for n in near if votes[n.label] == best)  # nearest among the tied
+        return Decision(label, neighbours[0].distance, dict(votes), neighbours)  # type: ignore[arg-type]
