@@ -238,3 +238,37 @@ def test_a_delta_from_another_model_version_is_refused_atomically(tmp_path):
         assert str(e.value) == ("delta was made by emb 7 (32 dimensions); 'faces' holds emb 8 (32): "
                                 "rebuild one side with the same embedding model first")
         assert len(dst) == 0
+
+
+@pytest.mark.parametrize("storage", ["float", "binary"])
+def test_cells_search_a_few_cells_and_still_find_the_neighbours(tmp_path, storage):
+    x = clustered(6000, seed=4)
+    ids = [f"v{i}" for i in range(len(x))]
+    with VectorIndex(tmp_path / "i.db") as index:
+        c = index.create("cells", DIM, storage=storage, cells=32)
+        for start in range(0, len(x), 1000):  # the cells are trained again as the collection doubles
+            c.upsert(ids[start:start + 1000], x[start:start + 1000])
+        assert c.spec.fitted == 4000 and len(c.spec.centroids) == 32 * DIM * 4
+        recall = []
+        for qi in range(0, 6000, 300):
+            got = {n.id for n in c.query(x[qi], 10, probes=4)}
+            recall.append(len(got & {ids[i] for i in exact_top(x, x[qi], 10)}) / 10)
+        assert np.mean(recall) >= 0.9, np.mean(recall)
+        assert c.query(x[11], 1)[0].id == "v11"
+        with pytest.raises(RetrievalError) as e:
+            index.create("both", DIM, cells=8, partition=("camera", "integer"))
+        assert str(e.value) == ("cells and a partition key cannot be combined (both use vec0's partition key): "
+                                "choose one")
+
+
+def test_bench_index_reports_its_keys():
+    from edgeloop.tools.bench_index import bench_index
+
+    r = bench_index(n=3000, dim=64)
+    for name in ("random", "clustered"):
+        assert r[name]["numpy_p50_ms"] > 0
+        for mode in ("float", "int8", "binary", "binary_cells"):
+            row = r[name][mode]
+            assert row["insert_per_s"] > 0 and row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"]
+            assert 0 <= row["recall_at_10"] <= 1 and row["bytes_per_vector"] > 64 * 4
+    assert r["clustered"]["float"]["recall_at_10"] == 1.0  # exact in vec0

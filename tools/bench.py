@@ -22,8 +22,9 @@ BLOCK = 5  # runs per alternation block
 def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("bench", help="measure latency and engine overhead (JSON with --json)",
                        description="'edgeloop bench kernels' times the pre/post-processing kernels instead; "
-                       "'edgeloop bench sync' the outbox and the MQTT link against a Mosquitto it starts.")
-    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', or 'sync'")
+                       "'edgeloop bench sync' the outbox and the MQTT link against a Mosquitto it starts; "
+                       "'edgeloop bench index' the retrieval index against exact numpy search.")
+    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync' or 'index'")
     p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -35,6 +36,8 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--cold-runs", type=int, default=10, help="processes for --cold-start (default 10)")
     p.add_argument("--frame", metavar="WxH",
                    help="also time the whole frame pipeline (frame in, top-k out) against a naive one")
+    p.add_argument("--n", type=int, default=100_000, help="with 'index': vectors (default 100,000)")
+    p.add_argument("--dim", type=int, default=384, help="with 'index': dimensions (default 384)")
     p.add_argument("--invoke-model", metavar="MODEL",
                    help="with 'kernels': also time this model's invoke, for the preprocess share of it")
     common(p)
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         return run_kernels(args)
     if args.model == "sync":
         return run_sync(args)
+    if args.model == "index":
+        return run_index(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
@@ -204,4 +209,22 @@ def run_sync(args: argparse.Namespace) -> int:
     else:
         for key, value in r.items():
             print(f"{key:<24} {value}")
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    import sys
+
+    from .bench_index import bench_index
+    from .cli import print_json
+
+    r = bench_index(args.n, args.dim, progress=lambda m: print(f"bench index: {m}", file=sys.stderr, flush=True))
+    if args.json:
+        print_json(r)
+    else:
+        for name in ("random", "clustered"):
+            print(f"{name}: numpy p50 {r[name]['numpy_p50_ms']} ms")
+            for mode in ("float", "int8", "binary", "float_cells", "int8_cells", "binary_cells"):
+                print(f"  {mode:<13} " + "  ".join(f"{k} {v}" for k, v in r[name][mode].items()))
+        print(f"best: {r.get('best')}")
     return 0

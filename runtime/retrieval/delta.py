@@ -61,6 +61,21 @@ def read_delta(data: bytes) -> dict[str, Any]:
     return delta
 
 
+def import_into(index: Any, data: bytes, storage: str = "float") -> tuple[str, dict[str, int]]:
+    """Apply a delta to its collection in ``index`` (a ``VectorIndex``), creating the collection
+    from the delta (model, version, dimension, metric, metadata columns) when it is new."""
+    delta = read_delta(data)
+    name = delta["collection"]
+    if name not in index.names():
+        columns: dict[str, str] = {}
+        for item in delta["items"]:
+            for key, value in (item.get("metadata") or {}).items():
+                columns.setdefault(key, {bool: "boolean", int: "integer", float: "float"}.get(type(value), "text"))
+        index.create(name, delta["dim"], metric=delta.get("metric", "cosine"), storage=storage,
+                     model=delta.get("model"), model_version=delta.get("model_version"), metadata=columns)
+    return name, import_delta(index.collection(name), data)
+
+
 def import_delta(collection: Collection, data: bytes) -> dict[str, int]:
     """Apply a delta atomically; refuses one for another collection, model or model version."""
     delta = read_delta(data)

@@ -52,6 +52,13 @@ def source_bytes(source: Any) -> tuple[bytes, str]:
     raise TypeError(f"cannot keep a {type(source).__name__} as a source")
 
 
+def embedding_identity(model: Any) -> tuple[str, str]:
+    """(model, version) recorded with a collection: the manifest version of a registered
+    model (its CPU and accelerator variants embed alike), else the file's sha256."""
+    entry = model.entry
+    return entry.name, entry.version if entry.registered else f"sha256:{model.artifact.sha256[:16]}"
+
+
 def image_embedder(model: Any) -> Callable[[Any], np.ndarray]:
     """An embedding function from a loaded model (``Engine.load(...)``): paths, PIL images,
     arrays, and stored source bytes (for ``Collection.rebuild``)."""
@@ -74,10 +81,10 @@ class Imprinter:
         self.k = k
         self.threshold = threshold
 
-    def add(self, label: str, source: Any, *, id: str | None = None, keep_source: bool = True) -> str:
+    def add(self, label: str | None, source: Any, *, id: str | None = None, keep_source: bool = True) -> str:
         """Embed ``source`` and store it as an example of ``label``; returns its id."""
         vector = self.embed(source)
-        item_id = id or f"{label}-{os.urandom(6).hex()}"
+        item_id = id or f"{label or 'item'}-{os.urandom(6).hex()}"
         data, kind = source_bytes(source) if keep_source else (None, None)
         self.collection.add(item_id, vector, label=label, source=data, source_type=kind)
         return item_id

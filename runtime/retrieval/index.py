@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY, dim INTEGER NOT NULL, metric TEXT NOT NULL, storage TEXT NOT NULL,
     model TEXT, model_version TEXT, metadata TEXT NOT NULL, partition TEXT NOT NULL,
     keep_sources INTEGER NOT NULL, int8_scale REAL, center BLOB, fitted INTEGER NOT NULL,
-    version INTEGER NOT NULL);
+    cells INTEGER NOT NULL, centroids BLOB, version INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
 """
 _ITEM_COLUMNS = "rowid, id, label, metadata, part, aux, document, vector, source, source_type, version"
@@ -102,10 +102,12 @@ class VectorIndex:
     def create(self, name: str, dim: int, *, metric: str = "cosine", storage: str = "float",
                model: str | None = None, model_version: str | None = None,
                metadata: dict[str, str] | None = None, partition: tuple[str, str] | None = None,
-               keep_sources: bool = True) -> Collection:
-        """A new collection; RetrievalError if one of that name exists."""
+               keep_sources: bool = True, cells: int = 0) -> Collection:
+        """A new collection; RetrievalError if one of that name exists. ``cells`` > 0 groups the
+        vectors into k-means cells (trained from the first vectors, again as the collection
+        doubles up to 65,536) so that a query scans only the cells nearest to it."""
         spec = Spec(name, dim, metric, storage, model, model_version, dict(metadata or {}),
-                    tuple(partition) if partition else None, keep_sources).validate()  # type: ignore[arg-type]
+                    tuple(partition) if partition else None, keep_sources, cells=cells).validate()  # type: ignore[arg-type]
         with self.lock, self._db:
             if self._db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
                 raise RetrievalError(f"collection '{name}' already exists", "open it with collection(), or drop it")
@@ -129,8 +131,8 @@ class VectorIndex:
             fix = (f"rebuild it with the new model: Collection.rebuild() or `edgeloop index rebuild {name}` "
                    f"re-embeds its {sources} stored sources" if sources else
                    "create a new collection: this one keeps no sources to re-embed")
-            raise ModelVersionMismatch(f"collection '{name}' was built by {spec.model} {spec.model_version}, "
-                                       f"not {model} {model_version}", fix)
+            built = f"{spec.model} {spec.model_version}" if spec.model else "vectors given as they are (no model)"
+            raise ModelVersionMismatch(f"collection '{name}' was built by {built}, not {model} {model_version}", fix)
         return c
 
     def names(self) -> list[str]:

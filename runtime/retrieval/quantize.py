@@ -51,6 +51,33 @@ def to_int8(vectors: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(np.rint(vectors * scale), -127, 127).astype(np.int8)
 
 
+def pairwise(metric: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances between every row of ``a`` and every row of ``b``: (len(a), len(b))."""
+    if metric == "cosine":
+        return 1.0 - a @ b.T
+    return (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+
+
+def kmeans(vectors: np.ndarray, n: int, metric: str, iterations: int = 10, seed: int = 0) -> np.ndarray:
+    """``n`` centroids (float32) by Lloyd's iterations from a random pick of the vectors;
+    for cosine, the centroids are renormalized (spherical k-means). Empty cells are reseeded."""
+    rng = np.random.default_rng(seed)
+    centroids = vectors[rng.choice(len(vectors), n, replace=False)].copy()
+    for _ in range(iterations):
+        nearest = pairwise(metric, vectors, centroids).argmin(axis=1)
+        order = np.argsort(nearest, kind="stable")
+        counts = np.bincount(nearest, minlength=n)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sums = np.zeros_like(centroids)
+        filled = counts > 0
+        sums[filled] = np.add.reduceat(vectors[order], starts[filled], axis=0)
+        empty = counts == 0
+        centroids = np.where(empty[:, None], vectors[rng.choice(len(vectors), n)], sums / np.maximum(counts, 1)[:, None])
+        if metric == "cosine":
+            centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return centroids.astype(np.float32)
+
+
 def distances(metric: str, candidates: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Exact distances of float candidates to the query: cosine distance (1 - cos, vectors
     already normalized) or Euclidean."""
