@@ -78,6 +78,8 @@ class InputSpec:
 class OutputSpec:
     decode: str = "raw"
     labels: Path | None = None
+    index: int = 0  # the output the decoder reads (classification, embedding)
+    embedding: int | None = None  # the index of an output that is an embedding, next to the decoded one
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,13 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
         zero_point=i.get("zero_point", int),
     )
     o = r.sub("output")
-    o.only("decode", "labels")
-    output_spec = OutputSpec(decode=o.get("decode", str, "raw", choices=DECODERS), labels=o.path("labels"))
+    o.only("decode", "labels", "index", "embedding")
+    index, embedding = o.get("index", int, 0), o.get("embedding", int, None)
+    for key, value in (("index", index), ("embedding", embedding)):
+        if value is not None and value < 0:
+            raise o.fail(key, f"{value} is not an output index", "count outputs from 0")
+    output_spec = OutputSpec(decode=o.get("decode", str, "raw", choices=DECODERS), labels=o.path("labels"),
+                             index=index, embedding=embedding)
     golden = []
     for n, case in enumerate(r.get("golden", list, [])):
         if not isinstance(case, dict):

@@ -160,11 +160,11 @@ class LoadedModel:
 
     def decode(self, outputs: Sequence[np.ndarray], top_k: int = 5) -> results.Result:
         """Typed result by the manifest's ``output.decode`` (raw for unregistered models)."""
-        kind = self.entry.output.decode
+        kind, n = self.entry.output.decode, self._output_index(self.entry.output.index, "index")
         if kind == "classification":
-            return results.classify(outputs[0], self.outputs[0], self.labels, top_k)
+            return results.classify(outputs[n], self.outputs[n], self.labels, top_k)
         if kind == "embedding":
-            return results.embed(outputs[0], self.outputs[0])
+            return results.embed(outputs[n], self.outputs[n])
         if kind == "detection":
             return results.detect(outputs, self.outputs, self.labels)
         return results.RawOutputs(tuple(outputs), self.outputs)
@@ -173,12 +173,25 @@ class LoadedModel:
         return self.decode(self.run(self.prepare(source)), top_k)
 
     def classify(self, source: Any, top_k: int = 5) -> results.Classification:
-        """Top-k classes regardless of the manifest's decoder (output 0 as scores)."""
-        return results.classify(self.run(self.prepare(source))[0], self.outputs[0], self.labels, top_k)
+        """Top-k classes regardless of the manifest's decoder (``output.index`` as scores)."""
+        n = self._output_index(self.entry.output.index, "index")
+        return results.classify(self.run(self.prepare(source))[n], self.outputs[n], self.labels, top_k)
 
     def embed(self, source: Any) -> results.Embedding:
-        """Output 0 as an L2-normalized vector."""
-        return results.embed(self.run(self.prepare(source))[0], self.outputs[0])
+        """The manifest's embedding output (``output.embedding``; else output 0) as an
+        L2-normalized vector."""
+        spec = self.entry.output
+        if spec.embedding is not None:
+            n = self._output_index(spec.embedding, "embedding")
+        else:
+            n = self._output_index(spec.index if spec.decode == "embedding" else 0, "index")
+        return results.embed(self.run(self.prepare(source))[n], self.outputs[n])
+
+    def _output_index(self, n: int, key: str) -> int:
+        if n >= len(self.outputs):
+            raise InferenceError(f"model '{self.name}' has {len(self.outputs)} output(s); its manifest's "
+                                 f"output.{key} names output {n}", f"fix output.{key} in the manifest")
+        return n
 
     def close(self) -> None:
         """Free every interpreter this model created (from any thread)."""

@@ -56,17 +56,19 @@ def build_digits(out: Path) -> dict[str, object]:
     tf.config.experimental.enable_op_determinism()
     x8, y, hx8, hy = _split()
     x = digits_to_images(x8)[..., None].astype(np.float32) / 255.0
-    model = tf.keras.Sequential([
-        tf.keras.layers.Input((DIGITS_SIZE, DIGITS_SIZE, 1)),
-        tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        tf.keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
-        tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu"),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(10, activation="softmax"),
-    ])
-    model.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    model.fit(x, y, epochs=60, batch_size=32, verbose=0, shuffle=True)
+    image = tf.keras.layers.Input((DIGITS_SIZE, DIGITS_SIZE, 1))
+    h = tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(image)
+    h = tf.keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
+    h = tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(h)
+    features = tf.keras.layers.GlobalAveragePooling2D()(h)
+    probs = tf.keras.layers.Dense(10, activation="softmax")(features)
+    classifier = tf.keras.Model(image, probs)
+    classifier.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+    classifier.fit(x, y, epochs=60, batch_size=32, verbose=0, shuffle=True)
+    # The file has two outputs: the class scores and the pooled features as an embedding for
+    # the retrieval index (imprinting new classes on the device).
+    model = tf.keras.Model(image, [probs, features])
 
     def representative():
         for image in x[:300]:
@@ -84,7 +86,11 @@ def build_digits(out: Path) -> dict[str, object]:
 
     interp = Interpreter(model_path=str(path), num_threads=1)
     interp.allocate_tensors()
-    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
+    i = interp.get_input_details()[0]
+    outputs = interp.get_output_details()
+    shapes = [tuple(int(v) for v in d["shape"]) for d in outputs]
+    scores, embedding = (shapes.index((1, 10)), shapes.index((1, 64)))  # the converter picks the order
+    o = outputs[scores]
     hx = digits_to_images(hx8)
     predictions = []
     start = time.perf_counter()
@@ -105,6 +111,7 @@ def build_digits(out: Path) -> dict[str, object]:
         # check); the card lists any sample where that differs from the true digit.
         samples.append((name, predictions[n], digit))
     return {"file": path.name, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob),
+            "scores": scores, "embedding": embedding,
             "accuracy": accuracy, "holdout": len(hy), "latency_ms": latency_ms, "samples": samples,
             "tensorflow": tf.__version__}
 
@@ -154,6 +161,8 @@ dtype = "uint8"
 [models.digits.output]
 decode = "classification"
 labels = "digits_labels.txt"
+index = {scores}
+embedding = {embedding}
 {golden}"""
 
 CARD = """\
@@ -163,6 +172,8 @@ CARD = """\
 - Data: scikit-learn's bundled `load_digits` (1,797 8x8 images), upscaled to 32x32 bilinearly;
   80/20 split with seed {seed}; the held-out 20% ({holdout} images) is in `samples/digits_holdout.npz`.
 - Model: 3 strided 3x3 convolutions (16/32/64 channels), global average pooling, dense softmax.
+  Output {scores}: the 10 class scores; output {embedding}: the 64 pooled features, an embedding for
+  the retrieval index (`LoadedModel.embed`).
 - Quantization: full INT8 post-training quantization, representative set of 300 training images;
   uint8 input and output.
 - Held-out accuracy (the INT8 file, LiteRT): **{accuracy:.4f}**

@@ -30,7 +30,7 @@ def _result(model: Any, source: str, top: int) -> tuple[dict[str, Any], list[Any
     start = time.perf_counter()
     outputs = model.run(array)
     latency = (time.perf_counter() - start) * 1000.0
-    if model.entry.output.decode in ("embedding", "detection", "raw") and model.entry.registered:
+    if model.entry.registered:
         decoded = model.decode(outputs, top)
     else:
         # Unregistered models: output 0 read as class scores, the common case.
