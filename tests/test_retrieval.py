@@ -272,3 +272,29 @@ def test_bench_index_reports_its_keys():
             assert row["insert_per_s"] > 0 and row["p50_ms"] > 0 and row["p95_ms"] >= row["p50_ms"]
             assert 0 <= row["recall_at_10"] <= 1 and row["bytes_per_vector"] > 64 * 4
     assert r["clustered"]["float"]["recall_at_10"] == 1.0  # exact in vec0
+
+
+def test_case_records_with_a_text_embedder_come_back_with_their_documents(tmp_path):
+    """The embedding function is any callable: here a hashed bag of words for maintenance notes."""
+    import hashlib
+
+    from edgeloop.runtime.retrieval import Imprinter
+
+    def embed_text(text: str) -> np.ndarray:
+        v = np.zeros(64, np.float32)
+        for word in text.lower().split():
+            v[int(hashlib.sha1(word.encode()).hexdigest(), 16) % 64] += 1
+        return v
+
+    cases = {"bearing": "bearing outer race fault high frequency noise replace bearing",
+             "imbalance": "rotor imbalance vibration at running speed add balance weight",
+             "misalignment": "shaft misalignment axial vibration twice running speed realign coupling"}
+    with VectorIndex(tmp_path / "i.db") as index:
+        c = index.create("cases", 64, metadata={"machine": "text"})
+        for label, note in cases.items():
+            c.add(label, embed_text(note), label=label, metadata={"machine": "pump-7"}, document=note)
+        hits = c.query(embed_text("noise from the bearing, high frequency"), 2)
+        assert hits[0].label == "bearing" and hits[0].document == cases["bearing"]
+        assert hits[0].metadata == {"machine": "pump-7"}
+        decision = Imprinter(c, embed_text, k=1, threshold=0.8).classify("axial vibration at twice running speed")
+        assert decision.label == "misalignment"

@@ -304,7 +304,8 @@ class Collection:
             cols.append(spec.partition[0])
         if spec.cells:
             cols.append("cell")
-            cells = spec.cells_of(vecs)[:, 0].tolist()
+            # No centroids yet (nothing fitted): cell 0, until the first fit re-indexes.
+            cells = spec.cells_of(vecs)[:, 0].tolist() if spec.centroids else [0] * len(rowids)
         stored = spec.compact(vecs)
         marks = ", ".join(["?", CONVERT[spec.storage], *["?"] * (len(cols) - 2)])
         rows = []
