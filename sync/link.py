@@ -157,7 +157,8 @@ class MqttLink:
         with self._lock:
             return {"state": self.state, "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
                     "in_flight_messages": len(self._pending),
-                    "published_messages": self.published, "delivered_records": self.delivered}
+                    "published_messages": self.published, "delivered_records": self.delivered,
+                    "last_backoff_s": round(self.last_backoff_s, 3)}
 
     # -- paho callbacks (its network thread) ----------------------------------------------
 
