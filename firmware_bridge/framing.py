@@ -135,6 +135,10 @@ class FrameReader:
         self.frames = 0
         self.rejected: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget a partial frame (the port was reopened)."""
+        self._buf.clear()
+
     def feed(self, data: bytes) -> Iterator[Frame]:
         self._buf += data
         while True:

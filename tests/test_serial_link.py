@@ -1,0 +1,160 @@
+"""The serial link against the simulated MCU on a real pty: handshake and streaming,
+commands with retransmission and duplicate detection, unplug and replug, an MCU reset
+mid-stream (no command applied twice), and bit errors on the live line."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edgeloop.firmware_bridge.link import CommandTimeout, LinkConfig, McuLink, SerialLinkError, SessionReset
+from serial_sim import Sim
+
+
+@pytest.fixture
+def sim(tmp_path):
+    s = Sim(tmp_path, "--rate", "200")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def link(sim):
+    mcu = McuLink(LinkConfig(str(sim.link), timeout_s=0.1, retries=3)).start()
+    assert mcu.wait_ready(5), mcu.stats()
+    yield mcu
+    mcu.stop()
+
+
+def next_sensor(link: McuLink, timeout_s: float = 2.0) -> dict:
+    return link.sensor.get(timeout=timeout_s)
+
+
+def test_handshake_streaming_and_commands(sim, link):
+    assert link.session["fw"] == "sim-mcu 1.0" and link.session["version"] == 1
+    window = next_sensor(link)
+    assert window["stream"] == "accel" and len(window["samples"]) == 32
+    loud = max(abs(v) for v in window["samples"])
+    assert link.command("motor", {"on": False}) == {"ok": True, "motor": False}
+    time.sleep(0.05)
+    while not link.sensor.empty():
+        link.sensor.get_nowait()
+    quiet = max(abs(v) for v in next_sensor(link)["samples"])
+    assert loud > 500 and quiet < 300, (loud, quiet)  # the MCU obeyed: the motor stopped
+    assert len(sim.applied()) == 1 and link.stats()["acks"] == 1
+
+
+def test_a_lost_ack_is_retransmitted_and_the_mcu_applies_the_command_once(sim, link):
+    sim.tell("drop-acks 2")
+    time.sleep(0.1)
+    ack = link.command("motor", {"on": False}, command_id="stop-1")
+    assert ack["ok"] and link.stats()["retransmits"] == 2
+    sim.wait_for_line("duplicate")
+    assert [cid for _, _, cid in sim.applied()].count("stop-1") == 1
+    assert sum(line.startswith("duplicate") for line in sim.lines) == 2
+
+
+def test_a_silent_mcu_times_out_with_a_typed_error_and_the_link_recovers(sim, link):
+    sim.tell("silent 1.0")
+    time.sleep(0.05)
+    with pytest.raises(CommandTimeout, match="not acknowledged after 4 attempts"):
+        link.command("ping")
+    time.sleep(1.0)
+    assert link.command("ping")["ok"]
+
+
+def test_unplug_and_replug_reconnects_and_streams_within_2_s(sim, link):
+    sim.tell("unplug")
+    time.sleep(0.5)
+    with pytest.raises(SerialLinkError):
+        link.command("ping", timeout_s=0.05, retries=0)
+    while not link.sensor.empty():
+        link.sensor.get_nowait()
+    replugged = time.monotonic()
+    sim.tell("replug")
+    window = next_sensor(link, timeout_s=2.0)
+    assert window["rx"] - replugged < 2.0
+    assert link.stats()["reopens"] >= 1 and link.command("ping")["ok"]
+    print(f"\nstreaming again {window['rx'] - replugged:.3f} s after the replug")
+
+
+def test_an_mcu_reset_mid_stream_never_applies_a_command_twice(sim, link):
+    outcomes: dict[str, str] = {}
+    stop = threading.Event()
+
+    def commander() -> None:
+        n = 0
+        while not stop.is_set():
+            cid = f"k{n}"
+            n += 1
+            try:
+                link.command("motor", {"on": n % 2 == 0}, command_id=cid)
+                outcomes[cid] = "acked"
+            except SessionReset:
+                outcomes[cid] = "reset"
+            except (CommandTimeout, SerialLinkError):
+                outcomes[cid] = "failed"
+                time.sleep(0.01)
+
+    t = threading.Thread(target=commander)
+    t.start()
+    boots = set()
+    for _ in range(5):
+        time.sleep(0.2)
+        sim.tell("drop-acks 1")  # an ack in flight when the reset comes
+        sim.tell("reset")
+        time.sleep(0.2)
+        boots.add(link.session["boot"])
+    stop.set()
+    t.join()
+    applied = [cid for _, _, cid in sim.applied()]
+    assert len(applied) == len(set(applied)), "a command was applied twice"
+    acked = [cid for cid, how in outcomes.items() if how == "acked"]
+    assert set(acked) <= set(applied)  # an acknowledged command was applied (once)
+    assert link.stats()["sessions"] >= 5 and len(boots) >= 4
+    print(f"\n{len(applied)} applied, outcomes {sorted(set(outcomes.values()))}, stale refusals {link.stats()['stale']}, "
+          f"resets seen by waiting commands {list(outcomes.values()).count('reset')}")
+    assert next_sensor(link)["stream"] == "accel"  # still streaming
+
+
+def test_bit_errors_on_the_live_line_are_rejected_and_the_stream_goes_on(tmp_path):
+    sim = Sim(tmp_path, "--rate", "1000", "--ber", "0.001")
+    link = McuLink(LinkConfig(str(sim.link))).start()
+    try:
+        assert link.wait_ready(10)
+        got = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            try:
+                got.append(next_sensor(link, 0.5))
+            except Exception:
+                break
+        stats = link.stats()
+        assert len(got) > 300 and sum(stats["rejected"].values()) > 50, stats
+        assert all(len(w["samples"]) == 32 and w["stream"] == "accel" for w in got)  # nothing corrupt passed
+        numbers = [w["n"] for w in got]
+        assert numbers == sorted(numbers)
+    finally:
+        link.stop()
+        sim.close()
+
+
+def test_a_retransmit_that_races_the_reset_is_refused_by_the_new_boot(sim, link):
+    """A command addressed to the boot before a reset (the host had not yet heard the new
+    HELLO) must not be applied by the new boot: the MCU answers 'stale session'."""
+    from edgeloop.firmware_bridge.framing import Flags, MsgType, encode_frame
+
+    old_boot = link.session["boot"]
+    sim.tell("reset")
+    deadline = time.monotonic() + 2
+    while link.session["boot"] == old_boot and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = len(sim.applied())
+    link._write(encode_frame(MsgType.COMMAND, 4242, {"id": "late", "cmd": "motor", "args": {"on": False},
+                                                     "boot": old_boot}, Flags.RETRANSMIT))
+    deadline = time.monotonic() + 2
+    while link.stats()["stale"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert link.stats()["stale"] == 1 and len(sim.applied()) == before
