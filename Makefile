@@ -55,10 +55,10 @@ bench: $(VENV)/.installed $(TFLITE_VENV)/.installed
 # Long runs of the same fault tests: more kills, more corruption trials, more fuzzing.
 soak: $(VENV)/.installed mosquitto
 	EDGELOOP_SOAK_KILLS=100 EDGELOOP_FUZZ_EXAMPLES=3000 EDGELOOP_LINK_CUT_S=60 EDGELOOP_SOAK_CRASH_STEP=1 \
-		EDGELOOP_INDEX_KILLS=100 \
+		EDGELOOP_INDEX_KILLS=100 EDGELOOP_SERIAL_FRAMES=1000000 \
 		EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest tests/test_outbox_kills.py tests/test_kernels_fuzz.py \
 		tests/test_outbox.py tests/test_sync_broker.py tests/test_link_cut.py tests/test_crash_points.py \
-		tests/test_kill_storm_broker.py tests/test_index_kills.py
+		tests/test_kill_storm_broker.py tests/test_index_kills.py tests/test_framing.py
 
 # Hardware-in-the-loop: runs on a rig, skips (with the reason) what the device lacks.
 hil: $(VENV)/.installed

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from edgeloop.firmware_bridge.link import CommandTimeout, LinkConfig, McuLink, SerialLinkError, SessionReset
-from serial_sim import Sim
+from edgeloop.firmware_bridge.sim_process import SimProcess as Sim
 
 
 @pytest.fixture
@@ -158,3 +158,34 @@ def test_a_retransmit_that_races_the_reset_is_refused_by_the_new_boot(sim, link)
     while link.stats()["stale"] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert link.stats()["stale"] == 1 and len(sim.applied()) == before
+
+
+def test_closed_loop_an_anomaly_stops_the_motor_and_the_event_is_stored(sim, link, tmp_path):
+    from edgeloop.firmware_bridge.closed_loop import ClosedLoop
+    from edgeloop.sync.outbox import Outbox
+
+    def decide(window: dict):
+        spike = max(abs(v) for v in window["samples"]) > 8000  # a bearing knock
+        return ("motor", {"on": False}) if spike else None
+
+    with Outbox(tmp_path / "outbox.db", "gw-1") as box:
+        loop = ClosedLoop(link, decide, outbox=box)
+        quiet = loop.run(0.3)
+        assert quiet["commands"] == 0 and quiet["windows"] > 20
+        sim.tell("anomaly on")
+        figures = loop.run(0.5)
+        assert figures["commands"] >= 1 and figures["loop_p99_ms"] < 50, figures
+        assert any(cid.startswith("c") for _, _, cid in sim.applied())
+        assert box.stats()["streams"]["events"]["rows"] == figures["commands"]
+
+
+def test_bench_serial_reports_its_keys():
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+    from edgeloop.tools.bench_serial import bench_serial
+
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        r = bench_serial(0.5, engine)
+    for key in ("frames_per_s", "payload_bytes", "rtt_p50_ms", "rtt_p99_ms", "loop_p50_ms", "loop_p99_ms"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert 50 <= r["payload_bytes"] <= 80 and r["loop_windows"] > 10

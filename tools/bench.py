@@ -23,8 +23,9 @@ def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("bench", help="measure latency and engine overhead (JSON with --json)",
                        description="'edgeloop bench kernels' times the pre/post-processing kernels instead; "
                        "'edgeloop bench sync' the outbox and the MQTT link against a Mosquitto it starts; "
-                       "'edgeloop bench index' the retrieval index against exact numpy search.")
-    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync' or 'index'")
+                       "'edgeloop bench index' the retrieval index against exact numpy search; "
+                       "'edgeloop bench serial' the firmware bridge over a pty.")
+    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync', 'index' or 'serial'")
     p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         return run_sync(args)
     if args.model == "index":
         return run_index(args)
+    if args.model == "serial":
+        return run_serial(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
@@ -227,4 +230,21 @@ def run_index(args: argparse.Namespace) -> int:
             for mode in ("float", "int8", "binary", "float_cells", "int8_cells", "binary_cells"):
                 print(f"  {mode:<13} " + "  ".join(f"{k} {v}" for k, v in r[name][mode].items()))
         print(f"best: {r.get('best')}")
+    return 0
+
+
+def run_serial(args: argparse.Namespace) -> int:
+    from .bench_serial import bench_serial
+    from .cli import engine_from_args, print_json
+
+    engine = engine_from_args(args)
+    try:
+        r = bench_serial(min(args.seconds, 3.0), engine)
+    finally:
+        engine.close()
+    if args.json:
+        print_json(r)
+    else:
+        for key, value in r.items():
+            print(f"{key:<16} {value}")
     return 0

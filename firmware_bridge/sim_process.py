@@ -1,5 +1,6 @@
-"""The simulated MCU process for the serial tests: started on a pty behind a symlink, driven
-through its stdin, its reports (applied / duplicate commands) collected from its stdout."""
+"""The simulated MCU as a child process, for the tests, the benchmark and the demo: started on
+a pty behind a symlink, driven through its stdin, its reports (applied / duplicate commands)
+collected from its stdout (read all along: a full pipe would stop it mid-write)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import time
 from pathlib import Path
 
 
-class Sim:
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.link = workdir / "ttyMCU"
+class SimProcess:
+    def __init__(self, workdir: Path, *args: str, name: str = "ttyMCU") -> None:
+        self.link = workdir / name
         self.proc = subprocess.Popen([sys.executable, "-m", "edgeloop.firmware_bridge.sim_mcu", "--link",
                                       str(self.link), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, bufsize=1)
