@@ -201,7 +201,7 @@ class McuLink:
                 pending.ack = payload
                 self.counts["acks"] += 1
                 pending.done.set()
-        elif frame.type == MsgType.HELLO:
+        elif frame.type == MsgType.HELLO and "boot" in payload:  # an MCU's (a loop echoes ours)
             self._hello(payload)
         elif frame.type == MsgType.ERROR and payload.get("error") == "stale session":
             self.counts["stale"] += 1

@@ -138,3 +138,12 @@ def test_bit_errors_at_1e_3_never_deliver_a_corrupt_frame():
           f"rejected {reader.rejected}, undetected corrupt {corrupt}")
     assert corrupt == 0
     assert 0.3 * FRAMES < accepted < 0.9 * FRAMES  # the errors really hit (about half the frames)
+
+
+def test_the_worked_examples_in_protocol_md_are_the_real_bytes():
+    text = (C_DIR.parent / "PROTOCOL.md").read_text()
+    hello = encode_frame(MsgType.HELLO, 1, {"versions": [1], "host": "edgeloop"}).hex(" ")
+    ack = encode_frame(MsgType.ACK, 2, {"ok": True}).hex(" ")
+    beat = encode_frame(MsgType.HEARTBEAT, 0, {}).hex(" ")
+    flat = " ".join(text.split())
+    assert hello in flat and ack in flat and beat in flat
