@@ -29,7 +29,11 @@ class ClosedLoop:
     def run(self, seconds: float) -> dict[str, Any]:
         """Serve the loop for ``seconds``; returns its figures."""
         deadline = time.monotonic() + seconds
+        next_telemetry = time.monotonic() + 1.0
         while time.monotonic() < deadline:
+            if self.outbox is not None and time.monotonic() >= next_telemetry:
+                self._telemetry()
+                next_telemetry += 1.0
             try:
                 window = self.link.sensor.get(timeout=0.1)
             except queue.Empty:
@@ -49,6 +53,17 @@ class ClosedLoop:
             if self.outbox is not None:
                 self.outbox.enqueue("events", {"command": cmd, "args": args, "window": window.get("n")})
         return self.figures()
+
+    def _telemetry(self) -> None:
+        """Once a second: the MCU's events as they came, and a summary of the link."""
+        events = []
+        while not self.link.events.empty():
+            frame = self.link.events.get_nowait()
+            events.append(("mcu-events", {"type": int(frame.type), "payload": frame.payload}))
+        stats = self.link.stats()
+        summary = {k: stats[k] for k in ("state", "frames", "rejected", "dropped_sensor", "retransmits", "timeouts")}
+        self.outbox.enqueue_many([*events, ("telemetry", {**summary, "windows": self.windows,
+                                                         "commands": self.commands})])
 
     def figures(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms)

@@ -31,6 +31,7 @@ from .framing import Flags, Frame, FrameReader, MsgType, encode_frame
 log = logging.getLogger("edgeloop.serial")
 
 CLOSED, OPENING, HANDSHAKE, READY = "closed", "opening", "handshake", "ready"
+SUPPORTED_VERSIONS = (1,)
 
 
 class SerialLinkError(EdgeloopError):
@@ -132,7 +133,7 @@ class McuLink:
             self._port = port
             self.state = HANDSHAKE
             self._reader.reset()  # half a frame from the old port is garbage now
-        self._send(MsgType.HELLO, {"versions": [1], "host": "edgeloop"})
+        self._send(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS), "host": "edgeloop"})
         return True
 
     def _close(self) -> None:
@@ -219,6 +220,11 @@ class McuLink:
 
     def _hello(self, payload: dict[str, Any]) -> None:
         boot = payload.get("boot")
+        if payload.get("version") not in SUPPORTED_VERSIONS:
+            log.error("serial: the MCU speaks protocol version %r; this host speaks %s: update one side",
+                      payload.get("version"), SUPPORTED_VERSIONS)
+            self.counts["incompatible"] = self.counts.get("incompatible", 0) + 1
+            return
         with self._ready:
             new = self.session is None or self.session.get("boot") != boot
             self.session = payload
@@ -245,7 +251,7 @@ class McuLink:
         while self._running:
             now = time.monotonic()
             if self.state == HANDSHAKE and now - last_hello >= self.config.hello_s:
-                self._send(MsgType.HELLO, {"versions": [1], "host": "edgeloop"})
+                self._send(MsgType.HELLO, {"versions": list(SUPPORTED_VERSIONS), "host": "edgeloop"})
                 last_hello = now
             elif self.state == READY and now - last_beat >= self.config.heartbeat_s:
                 self._send(MsgType.HEARTBEAT, {})

@@ -19,6 +19,7 @@ line each: ``ready``, ``applied BOOT SEQ ID CMD``, ``duplicate BOOT SEQ``, ``plu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import select
@@ -35,8 +36,14 @@ from .framing import FrameReader, MsgType, encode_frame
 FIRMWARE = "sim-mcu 1.0"
 
 
+def window_check(window: dict) -> str:
+    """A check over a window's content (blake2b, 8 bytes), for tests that count corrupt windows."""
+    return hashlib.blake2b(repr((window["n"], window["t"], window["samples"])).encode(), digest_size=8).hexdigest()
+
+
 class SimMcu:
-    def __init__(self, link: Path, rate: float, window: int, ber: float, seed: int) -> None:
+    def __init__(self, link: Path, rate: float, window: int, ber: float, seed: int, verify: bool = False) -> None:
+        self.verify = verify
         self.link = link
         self.rate = rate
         self.window = window
@@ -126,8 +133,11 @@ class SimMcu:
             samples = (wave if self.motor else 0 * wave) + self.np_rng.normal(0, 40, self.window)
             if self.anomaly:
                 samples[self.window // 2] += 12000
-            self.send(MsgType.SENSOR, {"stream": "accel", "n": n, "t": round(t, 6),
-                                       "samples": np.clip(samples, -32768, 32767).astype(int).tolist()})
+            window = {"stream": "accel", "n": n, "t": round(t, 6),
+                      "samples": np.clip(samples, -32768, 32767).astype(int).tolist()}
+            if self.verify:  # an end-to-end check, independent of the frame CRC, to count what gets through
+                window["check"] = window_check(window)
+            self.send(MsgType.SENSOR, window)
             n += 1
             if self.rate > 0:
                 next_at += 1.0 / self.rate
@@ -222,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=32, help="samples a window")
     p.add_argument("--ber", type=float, default=0.0, help="bit-error rate on what it sends")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verify", action="store_true", help="add an end-to-end check to every sensor window")
     args = p.parse_args(argv)
-    mcu = SimMcu(args.link, args.rate, args.window, args.ber, args.seed)
+    mcu = SimMcu(args.link, args.rate, args.window, args.ber, args.seed, args.verify)
     for loop in (mcu.read_loop, mcu.sensor_loop, mcu.heartbeat_loop):
         threading.Thread(target=loop, daemon=True).start()
     mcu.say("ready")

@@ -122,45 +122,38 @@ def test_an_mcu_reset_mid_stream_never_applies_a_command_twice(sim, link):
     assert next_sensor(link)["stream"] == "accel"  # still streaming
 
 
-def test_bit_errors_on_the_live_line_are_rejected_and_the_stream_goes_on(tmp_path):
-    sim = Sim(tmp_path, "--rate", "1000", "--ber", "0.001")
-    link = McuLink(LinkConfig(str(sim.link))).start()
+def test_bit_errors_on_the_pty_never_deliver_a_corrupt_window(tmp_path):
+    """The simulator sends FRAMES windows as fast as it can through the pty with every bit
+    flipped with probability 1e-3 (10^6 in ``make soak``); each window carries an end-to-end
+    check of its own, so a corrupt window that got past the frame CRC would be counted."""
+    import os
+
+    from edgeloop.firmware_bridge.sim_mcu import window_check
+
+    frames = int(os.environ.get("EDGELOOP_SERIAL_FRAMES", "100000"))
+    sim = Sim(tmp_path, "--rate", "0", "--window", "10", "--ber", "0.001", "--verify")
+    link = McuLink(LinkConfig(str(sim.link), queue_size=frames + 10_000)).start()
     try:
         assert link.wait_ready(10)
-        got = []
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            try:
-                got.append(next_sensor(link, 0.5))
-            except Exception:
-                break
+        start = next_sensor(link, 5.0)["n"]
+        intact = corrupt = last = 0
+        deadline = time.monotonic() + 60 + frames / 5000
+        while last < start + frames and time.monotonic() < deadline:
+            w = link.sensor.get(timeout=5.0)
+            if w.get("check") != window_check(w) or len(w["samples"]) != 10:
+                corrupt += 1
+            else:
+                intact += 1
+            last = max(last, w["n"])
+        sent = last - start
         stats = link.stats()
-        assert len(got) > 300 and sum(stats["rejected"].values()) > 50, stats
-        assert all(len(w["samples"]) == 32 and w["stream"] == "accel" for w in got)  # nothing corrupt passed
-        numbers = [w["n"] for w in got]
-        assert numbers == sorted(numbers)
+        print(f"\n{sent} windows sent through the pty at BER 1e-3: {intact} intact, {corrupt} corrupt delivered, "
+              f"rejected {stats['rejected']}")
+        assert sent >= frames and corrupt == 0
+        assert 0.3 * sent < intact < 0.9 * sent  # the errors really hit, and the reader kept up
     finally:
         link.stop()
         sim.close()
-
-
-def test_a_retransmit_that_races_the_reset_is_refused_by_the_new_boot(sim, link):
-    """A command addressed to the boot before a reset (the host had not yet heard the new
-    HELLO) must not be applied by the new boot: the MCU answers 'stale session'."""
-    from edgeloop.firmware_bridge.framing import Flags, MsgType, encode_frame
-
-    old_boot = link.session["boot"]
-    sim.tell("reset")
-    deadline = time.monotonic() + 2
-    while link.session["boot"] == old_boot and time.monotonic() < deadline:
-        time.sleep(0.01)
-    before = len(sim.applied())
-    link._write(encode_frame(MsgType.COMMAND, 4242, {"id": "late", "cmd": "motor", "args": {"on": False},
-                                                     "boot": old_boot}, Flags.RETRANSMIT))
-    deadline = time.monotonic() + 2
-    while link.stats()["stale"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert link.stats()["stale"] == 1 and len(sim.applied()) == before
 
 
 def test_closed_loop_an_anomaly_stops_the_motor_and_the_event_is_stored(sim, link, tmp_path):
@@ -176,10 +169,11 @@ def test_closed_loop_an_anomaly_stops_the_motor_and_the_event_is_stored(sim, lin
         quiet = loop.run(0.3)
         assert quiet["commands"] == 0 and quiet["windows"] > 20
         sim.tell("anomaly on")
-        figures = loop.run(0.5)
+        figures = loop.run(1.2)
         assert figures["commands"] >= 1 and figures["loop_p99_ms"] < 50, figures
         assert any(cid.startswith("c") for _, _, cid in sim.applied())
-        assert box.stats()["streams"]["events"]["rows"] == figures["commands"]
+        streams = box.stats()["streams"]
+        assert streams["events"]["rows"] == figures["commands"] and streams["telemetry"]["rows"] >= 1
 
 
 def test_bench_serial_reports_its_keys():
