@@ -76,7 +76,7 @@ class McuLink:
         self.sensor: queue.Queue[dict[str, Any]] = queue.Queue(config.queue_size)
         self.events: queue.Queue[Frame] = queue.Queue(config.queue_size)
         self.counts = {"sessions": 0, "reopens": 0, "dropped_sensor": 0, "retransmits": 0, "timeouts": 0,
-                       "stale": 0, "commands": 0, "acks": 0}
+                       "stale": 0, "commands": 0, "acks": 0, "incompatible": 0}
         self.last_rx = 0.0
         self._port: Any = None
         self._reader = FrameReader()
@@ -223,7 +223,7 @@ class McuLink:
         if payload.get("version") not in SUPPORTED_VERSIONS:
             log.error("serial: the MCU speaks protocol version %r; this host speaks %s: update one side",
                       payload.get("version"), SUPPORTED_VERSIONS)
-            self.counts["incompatible"] = self.counts.get("incompatible", 0) + 1
+            self.counts["incompatible"] += 1
             return
         with self._ready:
             new = self.session is None or self.session.get("boot") != boot
