@@ -1,0 +1,187 @@
+"""The rungs of a degradation ladder: a model on deadline-bound worker threads, a cache of
+recent answers, a configured default. Each raises ``RungTimeout`` or ``RungFailed`` when it
+cannot answer in time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RungTimeout(Exception):
+    """The rung did not answer within the time it was given."""
+
+
+class RungFailed(Exception):
+    """The rung answered with an error, or cannot answer this input."""
+
+
+class Rung:
+    name = "rung"
+    degraded = False  # answers from this rung are marked degraded
+    expected_s: float | None = 0.0  # how long it usually takes (the ladder keeps time for it); None: not known yet
+
+    def serve(self, source: Any, timeout_s: float) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _Job:
+    __slots__ = ("source", "done", "result", "error", "abandoned")
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+
+class ModelRung(Rung):
+    """A loaded model (``infer(source)``) served by worker threads. A worker whose call outlives
+    ``hang_s`` is abandoned and replaced: its interpreter (one per thread) goes with it and is
+    never used again. More than ``max_stuck`` abandoned workers at once and the rung refuses
+    at once (``RungFailed``) instead of growing threads, until they come back."""
+
+    def __init__(self, name: str, model: Any, *, workers: int = 1, hang_s: float = 1.0, max_stuck: int = 4,
+                 degraded: bool = False, top_k: int = 5) -> None:
+        self.name = name
+        self.model = model
+        self.degraded = degraded
+        self.hang_s = hang_s
+        self.max_stuck = max_stuck
+        self.top_k = top_k
+        self.expected_s: float | None = None
+        self.abandoned = 0  # workers given up on, ever
+        self._jobs: list[_Job] = []
+        self._cond = threading.Condition()
+        self._busy: dict[threading.Thread, float] = {}  # worker -> when its current call began
+        self._stuck: set[threading.Thread] = set()
+        self._closed = False
+        for _ in range(workers):
+            self._spawn()
+        threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True).start()
+
+    def _spawn(self) -> None:
+        threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True).start()
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._jobs.pop(0)
+                if job.abandoned:
+                    continue
+                self._busy[me] = time.monotonic()
+            start = time.monotonic()
+            try:
+                job.result = self.model.infer(job.source, self.top_k)
+            except Exception as exc:  # the model's error goes to the waiting request
+                job.error = exc
+            job.done.set()
+            with self._cond:
+                self._busy.pop(me, None)
+                if me in self._stuck:  # given up on while it hung: leave, interpreter and all
+                    self._stuck.discard(me)
+                    return
+            took = time.monotonic() - start
+            self.expected_s = took if not self.expected_s else 0.9 * self.expected_s + 0.1 * took
+
+    def _watch(self) -> None:
+        while not self._closed:
+            time.sleep(min(0.05, self.hang_s / 4))
+            now = time.monotonic()
+            with self._cond:
+                for worker, began in list(self._busy.items()):
+                    if worker not in self._stuck and now - began > self.hang_s:
+                        self._stuck.add(worker)
+                        self.abandoned += 1
+                        self._spawn()
+
+    def serve(self, source: Any, timeout_s: float) -> Any:
+        with self._cond:
+            if len(self._stuck) >= self.max_stuck:
+                raise RungFailed(f"{len(self._stuck)} workers of '{self.name}' are stuck in invoke")
+            job = _Job(source)
+            self._jobs.append(job)
+            self._cond.notify()
+        if not job.done.wait(max(0.0, timeout_s)):
+            job.abandoned = True
+            raise RungTimeout(f"'{self.name}' did not answer within {timeout_s * 1000:.1f} ms")
+        if job.error is not None:
+            raise RungFailed(f"'{self.name}': {job.error}")
+        return job.result
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def input_key(source: Any) -> bytes:
+    """A key that near-identical inputs share: an 8x8 grey thumbnail at 4 bits a pixel."""
+    if isinstance(source, (str, Path)):
+        from PIL import Image
+
+        source = Image.open(source)
+    if hasattr(source, "convert"):  # a PIL image
+        thumb = np.asarray(source.convert("L").resize((8, 8)), np.float32)
+    else:  # an array (H, W[, C]) or a batch of one: 8x8 samples of its first channel, cheap on the hot path
+        a = np.asarray(source)
+        while a.ndim > 3 or (a.ndim == 3 and a.shape[0] == 1 and a.shape[-1] not in (1, 3, 4)):
+            a = a[0]
+        a = a[..., 0] if a.ndim == 3 else a
+        h, w = a.shape
+        thumb = a[:: max(1, h // 8), :: max(1, w // 8)][:8, :8].astype(np.float32)
+    return (thumb / 16).astype(np.uint8).tobytes() + bytes(thumb.shape)
+
+
+class CacheRung(Rung):
+    """The last answer the better rungs gave for a near-identical input."""
+
+    name = "cache"
+    degraded = True
+
+    def __init__(self, size: int = 256) -> None:
+        self._answers: OrderedDict[bytes, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def remember(self, source: Any, result: Any) -> None:
+        key = input_key(source)
+        with self._lock:
+            self._answers[key] = result
+            self._answers.move_to_end(key)
+            while len(self._answers) > self._size:
+                self._answers.popitem(last=False)
+
+    def serve(self, source: Any, timeout_s: float) -> Any:
+        with self._lock:
+            result = self._answers.get(input_key(source))
+        if result is None:
+            raise RungFailed("no cached answer for this input")
+        return result
+
+
+class DefaultRung(Rung):
+    """A configured answer, always available, always marked degraded."""
+
+    name = "default"
+    degraded = True
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def serve(self, source: Any, timeout_s: float) -> Any:
+        return self.answer

@@ -1,0 +1,144 @@
+"""The degradation ladder with real models and injected faults: a hang is served by the next
+rung within 2x the deadline, a slowdown that breaks the SLO steps down within one window,
+health steps back up within 10 s, and a burst of 10x capacity is shed while the requests
+served stay within their deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import IMAGES, wait_for
+from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
+from edgeloop.runtime.watchdog.faults import FaultyModel
+
+DEADLINE = 0.05
+
+
+@pytest.fixture
+def models(engine):
+    big = FaultyModel(engine.load("mobilenet_v2"))
+    small = FaultyModel(engine.load("mobilenet_v1_025"))
+    return big, small
+
+
+def make_ladder(models, **config) -> Ladder:
+    big, small = models
+    rungs = [ModelRung("cpu", big, hang_s=0.2), ModelRung("small", small, hang_s=0.2, degraded=True),
+             CacheRung(), DefaultRung("unknown")]
+    return Ladder("classify", rungs, LadderConfig(**{"deadline_s": DEADLINE, "window_s": 1.0, "min_samples": 5,
+                                                     "recover_s": 2.0, "probe_every_s": 0.1, **config}))
+
+
+@pytest.fixture
+def cat():
+    return Image.open(IMAGES / "cat.bmp").convert("RGB")
+
+
+def test_healthy_requests_are_served_by_the_top_rung(models, cat):
+    ladder = make_ladder(models)
+    try:
+        served = [ladder.serve(cat) for _ in range(20)]
+        assert all(s.rung == "cpu" and not s.degraded and s.within_deadline for s in served)
+        assert "cat" in served[0].result.top[0].label
+        assert ladder.stats()["transitions"] == 0 and ladder.stats()["served_cpu"] == 20
+    finally:
+        ladder.close()
+
+
+def test_a_hang_is_served_by_the_next_rung_within_twice_the_deadline(models, cat):
+    big, _ = models
+    events = []
+    ladder = make_ladder(models)
+    ladder.on_event = events.append
+    try:
+        ladder.serve(cat)
+        big.hang()
+        start = time.monotonic()
+        first = ladder.serve(cat)
+        took = time.monotonic() - start
+        assert first.rung == "small" and first.degraded and took <= 2 * DEADLINE, (first, took)
+        after = [ladder.serve(cat) for _ in range(10)]
+        assert all(s.rung == "small" and s.within_deadline for s in after)  # straight to the next rung
+        assert events and events[0]["from"] == "cpu" and events[0]["to"] == "small"
+        assert "hang or timeout" in events[0]["reason"]
+        wait_for(lambda: ladder.rungs[0].abandoned >= 1, 2, "the stuck worker to be abandoned")
+    finally:
+        big.heal()
+        ladder.close()
+
+
+def test_a_slowdown_steps_down_within_one_window_and_health_steps_back_up_within_10_s(models, cat):
+    big, _ = models
+    ladder = make_ladder(models, deadline_s=0.1, slo_p95_s=0.03)
+    try:
+        for _ in range(10):
+            ladder.serve(cat)
+        big.slow(0.03)  # still answers within the deadline, but p95 breaks the 30 ms SLO
+        start = time.monotonic()
+        while ladder.stats()["rung"] == "cpu" and time.monotonic() - start < 3:
+            ladder.serve(cat)
+        stepped = time.monotonic() - start
+        assert ladder.stats()["rung"] == "small" and stepped <= ladder.config.window_s, stepped
+        assert "SLO" in ladder.events[-1]["reason"]
+        big.heal()
+        healed = time.monotonic()
+        while ladder.stats()["rung"] != "cpu" and time.monotonic() - healed < 10:
+            ladder.serve(cat)
+            time.sleep(0.01)
+        back = time.monotonic() - healed
+        assert ladder.stats()["rung"] == "cpu" and back <= 10, back
+        assert "healthy for" in ladder.events[-1]["reason"] and ladder.stats()["transitions"] == 2
+        print(f"\nstepped down {stepped:.3f} s after the slowdown, back up {back:.3f} s after healing")
+    finally:
+        ladder.close()
+
+
+def test_a_burst_of_ten_times_capacity_is_shed_and_the_served_stay_within_the_deadline(models, cat):
+    ladder = make_ladder(models, capacity=2, deadline_s=0.1)
+    results = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        for _ in range(5):
+            s = ladder.serve(cat)
+            with lock:
+                results.append(s)
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(20)]  # 10x the capacity of 2
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        shed = [s for s in results if s.shed]
+        served = [s for s in results if not s.shed]
+        assert shed and served and len(results) == 100
+        p99 = float(np.percentile([s.latency_ms for s in served], 99))
+        assert p99 <= 100.0, p99
+        assert ladder.stats()["shed"] == len(shed)
+    finally:
+        ladder.close()
+
+
+def test_when_both_models_fail_a_seen_input_gets_the_cached_answer_and_a_new_one_the_default(models, cat):
+    big, small = models
+    ladder = make_ladder(models)
+    try:
+        good = ladder.serve(cat)
+        big.fail()
+        small.fail()
+        cached = ladder.serve(cat)
+        assert cached.rung == "cache" and cached.degraded and cached.result is good.result
+        other = ladder.serve(Image.open(IMAGES / "parrot.jpg").convert("RGB"))
+        assert other.rung == "default" and other.degraded and other.result == "unknown"
+        reasons = [e["reason"] for e in ladder.events]
+        assert any("injected failure" in r for r in reasons)
+    finally:
+        big.heal()
+        small.heal()
+        ladder.close()
