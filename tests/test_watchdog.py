@@ -142,3 +142,13 @@ def test_when_both_models_fail_a_seen_input_gets_the_cached_answer_and_a_new_one
         big.heal()
         small.heal()
         ladder.close()
+
+
+def test_bench_watchdog_reports_availability_per_fault_and_the_overheads(engine):
+    from conftest import SHARED
+    from edgeloop.tools.bench_watchdog import bench_watchdog
+
+    r = bench_watchdog(engine, SHARED, requests=100, faults=("hang", "burst"))
+    assert 0 < r["router_overhead_us"] < 1000 and r["worker_handoff_us"] > 0
+    assert r["hang"]["availability"] >= 0.95 and r["hang"]["by_rung"].get("small", 0) > 0
+    assert r["burst"]["shed"] > 0 and r["burst"]["requests"] == 100

@@ -11,7 +11,9 @@ between consecutive latencies.
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,8 +26,9 @@ def register(sub: Any, common: Any) -> None:
                        description="'edgeloop bench kernels' times the pre/post-processing kernels instead; "
                        "'edgeloop bench sync' the outbox and the MQTT link against a Mosquitto it starts; "
                        "'edgeloop bench index' the retrieval index against exact numpy search; "
-                       "'edgeloop bench serial' the firmware bridge over a pty.")
-    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync', 'index' or 'serial'")
+                       "'edgeloop bench serial' the firmware bridge over a pty; "
+                       "'edgeloop bench watchdog' the degradation ladder under injected faults.")
+    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync', 'index', 'serial' or 'watchdog'")
     p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -39,6 +42,9 @@ def register(sub: Any, common: Any) -> None:
                    help="also time the whole frame pipeline (frame in, top-k out) against a naive one")
     p.add_argument("--n", type=int, default=100_000, help="with 'index': vectors (default 100,000)")
     p.add_argument("--dim", type=int, default=384, help="with 'index': dimensions (default 384)")
+    p.add_argument("--shared", type=Path, default=Path(os.environ.get("EDGELOOP_SHARED", "../shared")),
+                   help="with 'watchdog': the shared models and photos (default ../shared) [EDGELOOP_SHARED]")
+    p.add_argument("--requests", type=int, default=1000, help="with 'watchdog': requests per fault (default 1000)")
     p.add_argument("--invoke-model", metavar="MODEL",
                    help="with 'kernels': also time this model's invoke, for the preprocess share of it")
     common(p)
@@ -135,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         return run_index(args)
     if args.model == "serial":
         return run_serial(args)
+    if args.model == "watchdog":
+        return run_watchdog(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
@@ -247,4 +255,21 @@ def run_serial(args: argparse.Namespace) -> int:
     else:
         for key, value in r.items():
             print(f"{key:<16} {value}")
+    return 0
+
+
+def run_watchdog(args: argparse.Namespace) -> int:
+    from .bench_watchdog import bench_watchdog
+    from .cli import engine_from_args, print_json
+
+    engine = engine_from_args(args)
+    try:
+        r = bench_watchdog(engine, args.shared, args.requests)
+    finally:
+        engine.close()
+    if args.json:
+        print_json(r)
+    else:
+        for key, value in r.items():
+            print(f"{key:<20} {value}")
     return 0

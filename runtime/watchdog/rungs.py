@@ -4,6 +4,8 @@ cannot answer in time."""
 
 from __future__ import annotations
 
+import _thread
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -38,7 +40,8 @@ class _Job:
 
     def __init__(self, source: Any) -> None:
         self.source = source
-        self.done = threading.Event()
+        self.done = _thread.allocate_lock()  # held until the answer is in: the cheapest hand-off
+        self.done.acquire()
         self.result: Any = None
         self.error: BaseException | None = None
         self.abandoned = False
@@ -60,49 +63,50 @@ class ModelRung(Rung):
         self.top_k = top_k
         self.expected_s: float | None = None
         self.abandoned = 0  # workers given up on, ever
-        self._jobs: list[_Job] = []
-        self._cond = threading.Condition()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
         self._busy: dict[threading.Thread, float] = {}  # worker -> when its current call began
         self._stuck: set[threading.Thread] = set()
+        self._workers = 0
         self._closed = False
         for _ in range(workers):
             self._spawn()
         threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True).start()
 
     def _spawn(self) -> None:
+        self._workers += 1
         threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True).start()
 
     def _work(self) -> None:
         me = threading.current_thread()
+        busy, stuck = self._busy, self._stuck
         while True:
-            with self._cond:
-                while not self._jobs and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                job = self._jobs.pop(0)
-                if job.abandoned:
-                    continue
-                self._busy[me] = time.monotonic()
+            job = self._jobs.get()
+            if job is None:
+                return
+            if job.abandoned:
+                continue
             start = time.monotonic()
+            busy[me] = start
             try:
                 job.result = self.model.infer(job.source, self.top_k)
             except Exception as exc:  # the model's error goes to the waiting request
                 job.error = exc
-            job.done.set()
-            with self._cond:
-                self._busy.pop(me, None)
-                if me in self._stuck:  # given up on while it hung: leave, interpreter and all
-                    self._stuck.discard(me)
-                    return
+            job.done.release()
+            del busy[me]
+            if me in stuck:  # given up on while it hung: leave, interpreter and all
+                with self._lock:
+                    stuck.discard(me)
+                    self._workers -= 1
+                return
             took = time.monotonic() - start
-            self.expected_s = took if not self.expected_s else 0.9 * self.expected_s + 0.1 * took
+            self.expected_s = took if self.expected_s is None else 0.9 * self.expected_s + 0.1 * took
 
     def _watch(self) -> None:
         while not self._closed:
             time.sleep(min(0.05, self.hang_s / 4))
             now = time.monotonic()
-            with self._cond:
+            with self._lock:
                 for worker, began in list(self._busy.items()):
                     if worker not in self._stuck and now - began > self.hang_s:
                         self._stuck.add(worker)
@@ -110,13 +114,11 @@ class ModelRung(Rung):
                         self._spawn()
 
     def serve(self, source: Any, timeout_s: float) -> Any:
-        with self._cond:
-            if len(self._stuck) >= self.max_stuck:
-                raise RungFailed(f"{len(self._stuck)} workers of '{self.name}' are stuck in invoke")
-            job = _Job(source)
-            self._jobs.append(job)
-            self._cond.notify()
-        if not job.done.wait(max(0.0, timeout_s)):
+        if len(self._stuck) >= self.max_stuck:
+            raise RungFailed(f"{len(self._stuck)} workers of '{self.name}' are stuck in invoke")
+        job = _Job(source)
+        self._jobs.put(job)
+        if not job.done.acquire(timeout=max(0.0, timeout_s)):
             job.abandoned = True
             raise RungTimeout(f"'{self.name}' did not answer within {timeout_s * 1000:.1f} ms")
         if job.error is not None:
@@ -124,9 +126,9 @@ class ModelRung(Rung):
         return job.result
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self._closed = True
+        for _ in range(self._workers):
+            self._jobs.put(None)
 
 
 def input_key(source: Any) -> bytes:
