@@ -4,7 +4,7 @@ and what the ladder costs per request.
 A ladder of real models (``mobilenet_v2`` on the CPU first, ``mobilenet_v1_0.25`` as the
 smaller fallback, then the cache and a default) serves the shared photos with a 50 ms
 deadline. For each fault (none, hang, slowdown, error, burst) the fault is injected after a
-fifth of the requests and healed after seven tenths; ``availability`` is the share of all
+fifth of the requests and healed at half of them; ``availability`` is the share of all
 requests answered within their deadline (shed ones count as not answered). ``burst`` sends
 10x the ladder's capacity at once from 20 threads.
 
@@ -91,7 +91,7 @@ def _scenario(engine: Any, models: tuple[str, str], fault: str, requests: int, i
     def inject(n: int) -> None:
         if n == requests // 5:
             {"hang": big.hang, "slowdown": lambda: big.slow(0.06), "error": big.fail}.get(fault, lambda: None)()
-        elif n == requests * 7 // 10:
+        elif n == requests // 2:
             big.heal()
 
     try:
