@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGES, wait_for
+from conftest import IMAGES, REPO as REPO_ROOT, wait_for
 from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
 from edgeloop.runtime.watchdog.faults import FaultyModel
 
@@ -152,3 +152,41 @@ def test_bench_watchdog_reports_availability_per_fault_and_the_overheads(engine)
     assert 0 < r["router_overhead_us"] < 1000 and r["worker_handoff_us"] > 0
     assert r["hang"]["availability"] >= 0.95 and r["hang"]["by_rung"].get("small", 0) > 0
     assert r["burst"]["shed"] > 0 and r["burst"]["requests"] == 100
+
+
+def test_systemd_pings_only_while_the_pipeline_makes_progress(tmp_path, monkeypatch):
+    import socket
+
+    from edgeloop.runtime.watchdog.systemd import ProgressWatchdog
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.05)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    progress = [0]
+    dog = ProgressWatchdog(lambda: progress[0], interval_s=0.05).start()
+    got = []
+
+    def drain(seconds: float, advancing: bool) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if advancing:
+                progress[0] += 1
+            try:
+                got.append(sock.recv(100).decode())
+            except socket.timeout:
+                pass
+
+    try:
+        drain(0.5, advancing=True)
+        assert got[0] == "READY=1"
+        moving = got.count("WATCHDOG=1")
+        got.clear()
+        drain(0.5, advancing=False)  # stuck: no pings, systemd would restart us
+        assert got.count("WATCHDOG=1") <= 1 and dog.skipped >= 5
+        assert moving >= 5
+    finally:
+        dog.stop()
+        sock.close()
+    assert (REPO_ROOT / "tools" / "systemd" / "edgeloop.service").read_text().count("WatchdogSec=") == 1
