@@ -158,8 +158,8 @@ class Router:
 
 class Cascade:
     """The classifier's speculative decoding: the small ``draft`` answers when its top score
-    clears ``threshold``; otherwise the large ``target`` decides. ``serve`` returns
-    (result, which model answered)."""
+    clears ``threshold``; otherwise the large ``target`` decides. Models are loaded models
+    (``classify(source)``); ``serve`` returns (result, which model answered)."""
 
     def __init__(self, draft: Any, target: Any, threshold: float) -> None:
         self.draft = draft
@@ -168,9 +168,9 @@ class Cascade:
         self.counts = {"draft": 0, "target": 0}
 
     def serve(self, source: Any) -> tuple[Any, str]:
-        first = self.draft.infer(source)
+        first = self.draft.classify(source)
         if first.top and first.top[0].score >= self.threshold:
             self.counts["draft"] += 1
             return first, "draft"
         self.counts["target"] += 1
-        return self.target.infer(source), "target"
+        return self.target.classify(source), "target"

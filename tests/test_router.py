@@ -95,8 +95,20 @@ def test_the_cascade_answers_confident_inputs_with_the_draft(engine):
                                                               "sunflower.bmp", "bird.bmp")]
     answered = [cascade.serve(p) for p in photos]
     for (result, who), photo in zip(answered, photos):
-        alone = (draft if who == "draft" else target).infer(photo)
+        alone = (draft if who == "draft" else target).classify(photo)
         assert result.top[0].index == alone.top[0].index
         if who == "draft":
             assert result.top[0].score >= 0.6
     assert cascade.counts["draft"] + cascade.counts["target"] == len(photos)
+
+
+def test_cascade_report_on_the_shared_photos_and_crops(engine):
+    from conftest import SHARED
+    from edgeloop.tools.bench_cascade import cascade_report
+
+    r = cascade_report(engine.load("mobilenet_v1_025"), engine.load("mobilenet_v2"), SHARED, 0.6, crops_per_photo=4)
+    assert r["inputs"] == 25 and 0 < r["draft_share"] < 1
+    for name in ("draft", "target", "cascade"):
+        assert 0 <= r[name]["accuracy"] <= 1 and r[name]["mean_ms"] > 0
+    assert r["target"]["accuracy"] >= r["draft"]["accuracy"]  # the large model is the better one here
+    assert r["cascade"]["mean_ms"] < r["target"]["mean_ms"]  # the confident half skips the large model

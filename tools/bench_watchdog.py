@@ -12,6 +12,9 @@ requests answered within their deadline (shed ones count as not answered). ``bur
 window, counts), measured with an instant in-thread rung against calling it directly.
 ``worker_handoff_us``: what running a model on a deadline-bound worker thread adds (two
 thread wake-ups), measured with an instant model.
+
+``cascade``: mobilenet_v1_0.25 as the draft, mobilenet_v2 as the target, threshold 0.6, on
+the shared photos and 20 crops of each (``bench_cascade.py``).
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def _scenario(engine: Any, models: tuple[str, str], fault: str, requests: int, i
         ladder.close()
 
 
-def bench_watchdog(engine: Any, shared: Path, requests: int = 1000, faults: tuple[str, ...] = FAULTS) -> dict[str, Any]:
+def bench_watchdog(engine: Any, shared: Path, requests: int = 1000, faults: tuple[str, ...] = FAULTS,
+                   cascade: bool = True) -> dict[str, Any]:
     """``shared``: the folder with ``models/coral`` and ``images`` (``../shared``)."""
     from PIL import Image
 
@@ -143,4 +147,8 @@ def bench_watchdog(engine: Any, shared: Path, requests: int = 1000, faults: tupl
     result: dict[str, Any] = {"deadline_ms": 50.0, **overheads()}
     for fault in faults:
         result[fault] = _scenario(engine, models, fault, requests, images)
+    if cascade:
+        from .bench_cascade import cascade_report
+
+        result["cascade"] = cascade_report(engine.load(models[1]), engine.load(models[0]), shared)
     return result
