@@ -50,7 +50,9 @@ class Served:
 
 class Ladder:
     def __init__(self, task: str, rungs: list[Rung], config: LadderConfig = LadderConfig(),
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None = None, overflow: Rung | None = None) -> None:
+        """``overflow``: where requests beyond ``capacity`` go instead of being shed (the regional
+        edge through an ``OffloadRung``); shed when it cannot answer in time either."""
         if not rungs:
             raise ValueError("a ladder needs at least one rung")
         self.task = task
@@ -64,6 +66,8 @@ class Ladder:
                                        **{f"served_{r.name}": 0 for r in rungs}}
         self.events: list[dict[str, Any]] = []
         self._inflight = 0
+        self._overflowing = 0
+        self.overflow = overflow
         self._next_slo_check = 0.0
         self._lock = threading.Lock()
         self._last_source: Any = None
@@ -79,11 +83,17 @@ class Ladder:
         deadline = start + self.config.deadline_s
         with self._lock:
             self.counts["requests"] += 1
-            if self._inflight >= self.config.capacity:
+            full = self._inflight >= self.config.capacity
+            if full and (self.overflow is None or self._overflowing >= self.config.capacity):
                 self.counts["shed"] += 1
                 return Served(None, "shed", True, 0.0, True, shed=True)
-            self._inflight += 1
+            if full:
+                self._overflowing += 1
+            else:
+                self._inflight += 1
             level = self.level
+        if full:
+            return self._spill(source, start, deadline)
         self._last_source = source
         try:
             return self._serve(source, start, deadline, level)
@@ -130,6 +140,24 @@ class Ladder:
             return 0.0
         need = max(0.4 * self.config.deadline_s if e is None else 1.5 * e for e in below)
         return min(0.5 * left, need)
+
+    def _spill(self, source: Any, start: float, deadline: float) -> Served:
+        """Beyond capacity: the overflow rung answers, or the request is shed."""
+        assert self.overflow is not None
+        try:
+            result = self.overflow.serve(source, max(0.0, deadline - time.monotonic()))
+        except (RungTimeout, RungFailed):
+            with self._lock:
+                self.counts["shed"] += 1
+            return Served(None, "shed", True, (time.monotonic() - start) * 1000.0, True, shed=True)
+        finally:
+            with self._lock:
+                self._overflowing -= 1
+        name = self.overflow.name
+        with self._lock:
+            self.counts[f"served_{name}"] = self.counts.get(f"served_{name}", 0) + 1
+        return Served(result, name, self.overflow.degraded, (time.monotonic() - start) * 1000.0,
+                      time.monotonic() <= deadline)
 
     def _trouble(self, i: int, reason: str) -> None:
         if i == self.level and i < len(self.rungs) - 1:

@@ -1,0 +1,97 @@
+"""Offload to the regional edge over MQTT 5 request/response, against a real Mosquitto: a
+responder runs mobilenet_v2; the device's ladder sends requests there when its own rung
+fails or its queue is full, and answers locally when the link is down."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import IMAGES
+from edgeloop.runtime.watchdog import DefaultRung, Ladder, LadderConfig, ModelRung
+from edgeloop.runtime.watchdog.faults import FaultyModel
+from edgeloop.runtime.watchdog.rungs import RungFailed, RungTimeout
+from edgeloop.sync.offload import OffloadRung, Offloader, Responder
+
+CATS = {282, 283, 286}
+
+
+@pytest.fixture
+def responder(broker, engine):
+    model = engine.load("mobilenet_v2")
+    r = Responder("127.0.0.1", broker.port, "f1", {"classify": lambda image: model.classify(image).to_dict()}).start()
+    assert r.connected.wait(10)
+    time.sleep(0.2)  # the SUBACK
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def offloader(broker):
+    o = Offloader("127.0.0.1", broker.port, "f1", "cam-9")
+    assert o.online.wait(10)
+    time.sleep(0.2)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def cat():
+    return Image.open(IMAGES / "cat.bmp").convert("RGB")
+
+
+def test_request_response_answers_with_the_regional_model(responder, offloader, cat):
+    answer = offloader.request("classify", cat, 2.0)
+    assert answer["top"][0]["index"] in CATS and responder.answered == 1
+    with pytest.raises(RungFailed, match="no model for task 'detect' here"):
+        offloader.request("detect", cat, 2.0)
+    with pytest.raises(RungTimeout, match="did not answer within"):
+        offloader.request("classify", cat, 0.0005)
+
+
+def test_the_ladder_offloads_when_its_model_fails_and_answers_locally_when_the_link_is_down(
+        responder, offloader, engine, cat, broker):
+    local = FaultyModel(engine.load("mobilenet_v1_025"))
+    top = FaultyModel(engine.load("mobilenet_v2"))
+    ladder = Ladder("classify", [ModelRung("cpu", top, hang_s=0.2), OffloadRung(offloader, "classify"),
+                                 ModelRung("small", local, degraded=True), DefaultRung("unknown")],
+                    LadderConfig(deadline_s=0.5, recover_s=60))
+    try:
+        top.fail()
+        served = ladder.serve(cat)
+        assert served.rung == "offload" and served.result["top"][0]["index"] in CATS
+        broker.stop()  # the link goes down
+        deadline = time.monotonic() + 10
+        while offloader.online.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not offloader.online.is_set()
+        start = time.monotonic()
+        down = ladder.serve(cat)
+        assert down.rung == "small" and time.monotonic() - start < 0.5
+    finally:
+        top.heal()
+        ladder.close()
+
+
+def test_beyond_capacity_requests_spill_to_the_regional_edge_instead_of_being_shed(responder, offloader,
+                                                                                      engine, cat):
+    slow = FaultyModel(engine.load("mobilenet_v2"))
+    slow.slow(0.2)
+    ladder = Ladder("classify", [ModelRung("cpu", slow, hang_s=5), DefaultRung("unknown")],
+                    LadderConfig(deadline_s=1.0, capacity=1), overflow=OffloadRung(offloader, "classify"))
+    results = []
+    try:
+        threads = [threading.Thread(target=lambda: results.append(ladder.serve(cat))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rungs = sorted(r.rung for r in results)
+        assert "offload" in rungs and "cpu" in rungs, rungs
+        assert all(r.result["top"][0]["index"] in CATS for r in results if r.rung == "offload")
+    finally:
+        slow.heal()
+        ladder.close()
