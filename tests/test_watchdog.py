@@ -190,3 +190,26 @@ def test_systemd_pings_only_while_the_pipeline_makes_progress(tmp_path, monkeypa
         dog.stop()
         sock.close()
     assert (REPO_ROOT / "tools" / "systemd" / "edgeloop.service").read_text().count("WatchdogSec=") == 1
+
+
+def test_isolated_mode_kills_a_wedged_worker_process_and_starts_another(coral_manifest, models, cat, backend_name):
+    from edgeloop.runtime.watchdog.isolated import IsolatedModelRung
+
+    npu = IsolatedModelRung("isolated", "mobilenet_v2", manifests=[str(coral_manifest)], backend=backend_name,
+                            hang_s=0.2)
+    _, small = models
+    ladder = Ladder("classify", [npu, ModelRung("small", small, degraded=True), DefaultRung("unknown")],
+                    LadderConfig(deadline_s=0.3, recover_s=60))
+    try:
+        first = ladder.serve(cat)
+        assert first.rung == "isolated" and "cat" in first.result.top[0].label
+        pid = npu._proc.pid
+        npu.inject("hang")
+        start = time.monotonic()
+        hung = ladder.serve(cat)
+        assert hung.rung == "small" and time.monotonic() - start <= 2 * 0.3
+        wait_for(lambda: npu.restarts == 1 and npu._proc.pid != pid and npu._proc.is_alive(), 60,
+                 "a new worker process")
+        assert npu.serve(cat, 5.0).top[0].index == first.result.top[0].index  # the new one serves
+    finally:
+        ladder.close()
