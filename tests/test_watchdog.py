@@ -213,3 +213,28 @@ def test_isolated_mode_kills_a_wedged_worker_process_and_starts_another(coral_ma
         assert npu.serve(cat, 5.0).top[0].index == first.result.top[0].index  # the new one serves
     finally:
         ladder.close()
+
+
+def test_the_nearest_neighbours_in_the_index_answer_a_new_view_when_the_models_fail(models, engine, cat, tmp_path):
+    from edgeloop.runtime.retrieval import Imprinter, VectorIndex, image_embedder
+    from edgeloop.runtime.watchdog import NeighbourRung
+
+    big, small = models
+    with VectorIndex(tmp_path / "index.db") as index:
+        imprinter = Imprinter(index.create("seen", 1024), image_embedder(engine.load("embedder")))
+        imprinter.add("cat", cat.crop((0, 0, 400, 300)))
+        ladder = Ladder("classify", [ModelRung("cpu", big), ModelRung("small", small, degraded=True), CacheRung(),
+                                     NeighbourRung(imprinter), DefaultRung("unknown")],
+                        LadderConfig(deadline_s=0.5, recover_s=60))
+        try:
+            big.fail()
+            small.fail()
+            other_view = cat.crop((100, 40, 500, 340))  # never answered before: no cache entry
+            served = ladder.serve(other_view)
+            assert served.rung == "neighbours" and served.result.label == "cat" and served.degraded
+            parrot = ladder.serve(Image.open(IMAGES / "parrot.jpg").convert("RGB"))
+            assert parrot.rung == "default"
+        finally:
+            big.heal()
+            small.heal()
+            ladder.close()

@@ -3,6 +3,6 @@ the best rung that can, stepping down on breaches, errors and hangs, and back up
 hysteresis when health returns."""
 
 from .ladder import Ladder, LadderConfig, Served
-from .rungs import CacheRung, DefaultRung, ModelRung, Rung
+from .rungs import CacheRung, DefaultRung, ModelRung, NeighbourRung, Rung
 
-__all__ = ["CacheRung", "DefaultRung", "Ladder", "LadderConfig", "ModelRung", "Rung", "Served"]
+__all__ = ["CacheRung", "DefaultRung", "Ladder", "LadderConfig", "ModelRung", "NeighbourRung", "Rung", "Served"]

@@ -176,6 +176,27 @@ class CacheRung(Rung):
         return result
 
 
+class NeighbourRung(Rung):
+    """The label of the nearest stored examples in the retrieval index (an ``Imprinter``):
+    an answer for an input never seen, when something like it was; ``unknown`` fails over."""
+
+    name = "neighbours"
+    degraded = True
+
+    def __init__(self, imprinter: Any) -> None:
+        self.imprinter = imprinter
+        self.expected_s = None
+
+    def serve(self, source: Any, timeout_s: float) -> Any:
+        start = time.monotonic()
+        decision = self.imprinter.classify(source)
+        took = time.monotonic() - start
+        self.expected_s = took if self.expected_s is None else 0.9 * self.expected_s + 0.1 * took
+        if not decision.known:
+            raise RungFailed(f"nothing near enough in the index (nearest {decision.distance:.3f})")
+        return decision
+
+
 class DefaultRung(Rung):
     """A configured answer, always available, always marked degraded."""
 
