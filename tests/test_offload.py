@@ -95,3 +95,29 @@ def test_beyond_capacity_requests_spill_to_the_regional_edge_instead_of_being_sh
     finally:
         slow.heal()
         ladder.close()
+
+
+def test_the_regional_command_answers_offloaded_requests(broker, offloader, coral_manifest, tmp_path, cat):
+    import signal
+    import subprocess
+
+    from test_cli import EDGELOOP
+
+    proc = subprocess.Popen([EDGELOOP, "regional", "run", "--db", str(tmp_path / "regional.db"), "--broker",
+                             f"127.0.0.1:{broker.port}", "--fleet", "f1", "--respond", "classify=mobilenet_v2",
+                             "--manifest", str(coral_manifest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while answer is None and time.monotonic() < deadline:
+            try:
+                answer = offloader.request("classify", cat, 1.0)
+            except (RungTimeout, RungFailed):
+                time.sleep(0.2)  # still starting
+        assert answer is not None and answer["top"][0]["index"] in CATS
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "answering classify requests" in out

@@ -31,6 +31,9 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--share", help="MQTT 5 shared-subscription group, for several receivers (run)")
     p.add_argument("--client-id", help="a stable id keeps the broker session across restarts (run)")
     p.add_argument("--json", action="store_true", help="(stats)")
+    p.add_argument("--respond", action="append", default=[], metavar="TASK=MODEL",
+                   help="also answer the devices' offloaded TASK requests with MODEL (repeatable; run)")
+    common(p)
     p.set_defaults(handler=cmd_regional)
 
 
@@ -67,6 +70,7 @@ def cmd_regional(args: argparse.Namespace) -> int:
     if not args.broker:
         raise ConfigError("--broker is required to run the receiver", "add --broker HOST[:PORT]")
     host, port = parse_broker(args.broker)
+    responder, engine = _responder(args, host, port)
     store = RegionalStore(args.db)
     receiver = RegionalReceiver(store, host, port, fleet=args.fleet, share=args.share, client_id=args.client_id)
     stop = threading.Event()
@@ -74,10 +78,36 @@ def cmd_regional(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     receiver.start()
     print(f"regional: receiving {receiver.subscription} from {host}:{port} into {args.db}", flush=True)
+    if responder is not None:
+        responder.start()
+        print(f"regional: answering {', '.join(responder.models)} requests", flush=True)
     stop.wait()
     receiver.stop()
     store.close()
+    if responder is not None:
+        responder.stop()
+        engine.close()
     return 0
+
+
+def _responder(args: argparse.Namespace, host: str, port: int) -> tuple[Any, Any]:
+    """The offload responder for ``--respond TASK=MODEL``, or (None, None)."""
+    if not args.respond:
+        return None, None
+    from edgeloop.sync.offload import Responder
+
+    from .cli import engine_from_args
+
+    pairs = []
+    for item in args.respond:
+        task, sep, model = item.partition("=")
+        if not sep or not task or not model:
+            raise ConfigError(f"--respond: '{item}' is not TASK=MODEL", "for example --respond classify=mobilenet_v2")
+        pairs.append((task, model))
+    engine = engine_from_args(args)
+    models = {task: (lambda source, m=engine.load(model): m.classify(source).to_dict()) for task, model in pairs}
+    client = f"{args.client_id}-responder" if args.client_id else "edgeloop-responder"
+    return Responder(host, port, args.fleet, models, share=args.share, client_id=client), engine
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
