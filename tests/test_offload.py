@@ -121,3 +121,26 @@ def test_the_regional_command_answers_offloaded_requests(broker, offloader, cora
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "answering classify requests" in out
+
+
+def test_a_domain_whose_model_is_not_on_the_device_is_routed_to_the_regional_edge(responder, offloader, cat, broker):
+    from edgeloop.runtime.router import Request, Route, Router
+
+    regional = Ladder("marine", [OffloadRung(offloader, "classify"), DefaultRung("unknown")],
+                      LadderConfig(deadline_s=1.0, recover_s=60))
+    local = Ladder("general", [DefaultRung("local")])
+    router = Router({"local": local, "regional": regional},
+                    {"classify": Route("local", domains={"marine": "regional"})})
+    try:
+        slot, served = router.serve(Request("classify", cat, key="cam-9", domain="marine"))
+        assert slot == "regional" and served.rung == "offload" and served.result["top"][0]["index"] in CATS
+        assert router.serve(Request("classify", cat, key="cam-9"))[1].result == "local"
+        broker.stop()
+        deadline = time.monotonic() + 10
+        while offloader.online.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        slot, served = router.serve(Request("classify", cat, key="cam-9", domain="marine"))
+        assert slot == "regional" and served.rung == "default" and served.degraded  # the link is down
+    finally:
+        regional.close()
+        local.close()

@@ -50,16 +50,18 @@ class _Job:
 class ModelRung(Rung):
     """A loaded model (``infer(source)``) served by worker threads. A worker whose call outlives
     ``hang_s`` is abandoned and replaced: its interpreter (one per thread) goes with it and is
-    never used again. More than ``max_stuck`` abandoned workers at once and the rung refuses
-    at once (``RungFailed``) instead of growing threads, until they come back."""
+    never used again. More than ``max_stuck`` abandoned workers at once, or ``max_queue`` jobs
+    waiting, and the rung refuses at once (``RungFailed``) instead of growing threads or a
+    queue, until they come back."""
 
     def __init__(self, name: str, model: Any, *, workers: int = 1, hang_s: float = 1.0, max_stuck: int = 4,
-                 degraded: bool = False, top_k: int = 5) -> None:
+                 max_queue: int = 16, degraded: bool = False, top_k: int = 5) -> None:
         self.name = name
         self.model = model
         self.degraded = degraded
         self.hang_s = hang_s
         self.max_stuck = max_stuck
+        self.max_queue = max_queue  # jobs waiting for a worker (timed-out ones included) before refusing
         self.top_k = top_k
         self.expected_s: float | None = None
         self.abandoned = 0  # workers given up on, ever
@@ -116,6 +118,8 @@ class ModelRung(Rung):
     def serve(self, source: Any, timeout_s: float) -> Any:
         if len(self._stuck) >= self.max_stuck:
             raise RungFailed(f"{len(self._stuck)} workers of '{self.name}' are stuck in invoke")
+        if self._jobs.qsize() >= self.max_queue:  # never an unbounded queue, even while hung
+            raise RungFailed(f"'{self.name}' has {self._jobs.qsize()} jobs waiting")
         job = _Job(source)
         self._jobs.put(job)
         if not job.done.acquire(timeout=max(0.0, timeout_s)):
