@@ -22,8 +22,9 @@ $(TFLITE_VENV)/.installed: pyproject.toml setup.py runtime/kernels/native.c runt
 	$(TFLITE_VENV)/bin/pip install -q --disable-pip-version-check -e '.[tflite,test]'
 	touch $@
 
+# The device agent on its embedded demo for 20 s (`edgeloop run` alone runs until Ctrl-C).
 run: $(VENV)/.installed
-	$(BIN)/edgeloop infer digits models/samples/digit_3.png models/samples/digit_7.png models/samples/digit_9.png
+	$(BIN)/edgeloop run --duration 20 --status-every 2 --data-dir .edgeloop-demo
 
 test: test-main test-tflite
 

@@ -145,6 +145,15 @@ class SimMcu:
             elif n % 64 == 0:
                 time.sleep(0)  # let the reader thread in
 
+    def knock_loop(self, every_s: float) -> None:
+        """The demo's faults: a bearing knock now and then; the motor is restarted after it."""
+        while self.running:
+            time.sleep(every_s)
+            self.anomaly = True
+            time.sleep(0.2)
+            self.anomaly = False
+            self.motor = True
+
     def heartbeat_loop(self) -> None:
         while self.running:
             self.send(MsgType.HEARTBEAT, {"boot": self.boot, "uptime": round(time.monotonic() - self.t0, 3)})
@@ -233,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ber", type=float, default=0.0, help="bit-error rate on what it sends")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify", action="store_true", help="add an end-to-end check to every sensor window")
+    p.add_argument("--anomaly-every", type=float, default=0.0,
+                   help="a 0.2 s knock every this many seconds, and the motor back on after it (demo)")
     args = p.parse_args(argv)
     mcu = SimMcu(args.link, args.rate, args.window, args.ber, args.seed, args.verify)
     for loop in (mcu.read_loop, mcu.sensor_loop, mcu.heartbeat_loop):
         threading.Thread(target=loop, daemon=True).start()
+    if args.anomaly_every > 0:
+        threading.Thread(target=mcu.knock_loop, args=(args.anomaly_every,), daemon=True).start()
     mcu.say("ready")
     try:
         for line in sys.stdin:

@@ -1,0 +1,211 @@
+"""The device agent: sources → ladder → decisions → sinks.
+
+- Camera: an image folder replayed at ``fps`` through a degradation ladder (the model, the
+  cache, a default); every inference goes to the outbox stream ``inferences`` and an alert
+  label to ``events``, each with a trace id made at the source.
+- MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
+  configured) through the closed loop; a peak over the threshold stops the motor; commands,
+  MCU events and link telemetry go to the outbox.
+- Sinks: the durable outbox under ``data_dir``, drained to ``broker`` when one is set.
+- A status line every ``status_every_s``. ``stop()`` (SIGINT/SIGTERM) stops the sources,
+  lets in-flight work finish, closes the link and the outbox; nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import AgentConfig
+
+log = logging.getLogger("edgeloop.agent")
+
+def bundled_samples() -> Path:
+    """The demo's camera folder: the digit samples shipped with the models."""
+    from edgeloop.models import store
+
+    return Path(store.__file__).resolve().parent / "samples"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, engine: Any) -> None:
+        self.config = config
+        self.engine = engine
+        self.stopping = threading.Event()
+        self.inferences = 0
+        self.latencies_ms: deque[float] = deque(maxlen=2000)
+        self.alerts = 0
+        self.final: dict[str, Any] = {}
+        self._threads: list[threading.Thread] = []
+        self.outbox: Any = None
+        self.link: Any = None
+        self.ladder: Any = None
+        self.mcu: Any = None
+        self.sim: Any = None
+        self.loop: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> "Agent":
+        from edgeloop.sync.outbox import Outbox, StreamPolicy
+
+        c = self.config
+        c.data_path.mkdir(parents=True, exist_ok=True)
+        # Inferences are the bulk and the least precious: capped, evicted first; events are kept longest.
+        self.outbox = Outbox(c.data_path / "outbox.db", c.device, streams={
+            "inferences": StreamPolicy(priority=0, max_rows=100_000),
+            "telemetry": StreamPolicy(priority=1, max_rows=20_000),
+            "events": StreamPolicy(priority=5)})
+        if c.broker:
+            from edgeloop.sync.link import LinkConfig, MqttLink
+            from edgeloop.tools.regional_cmd import parse_broker
+
+            host, port = parse_broker(c.broker)
+            self.link = MqttLink(self.outbox, LinkConfig(host, port, fleet=c.fleet, device=c.device))
+            self.link.start()
+        self._start_camera()
+        if c.mcu.enabled:
+            self._start_mcu()
+        self._spawn(self._status_loop, "status")
+        return self
+
+    def _spawn(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop the sources, finish what is in flight, close the link and the outbox."""
+        self.stopping.set()
+        for t in self._threads:
+            t.join(10)
+        self.final = self.status() if self.outbox is not None else {}  # what was done, before closing
+        if self.mcu is not None:
+            self.mcu.stop()
+        if self.sim is not None:
+            self.sim.close()
+        if self.ladder is not None:
+            self.ladder.close()
+        if self.link is not None:
+            self.link.stop()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def run(self, duration_s: float | None = None) -> int:
+        self.start()
+        try:
+            self.stopping.wait(duration_s)
+        finally:
+            self.stop()
+        return 0
+
+    # -- the camera --------------------------------------------------------------------
+
+    def _start_camera(self) -> None:
+        from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
+
+        cam = self.config.camera
+        folder = Path(cam.folder).expanduser() if cam.folder else bundled_samples()
+        self.images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+        if not self.images:
+            from edgeloop.runtime.errors import ConfigError
+
+            raise ConfigError(f"camera.folder: no images in {folder}", "point it at a folder of PNG/JPEG/BMP files")
+        model = self.engine.load(cam.model)
+        self.ladder = Ladder("camera", [ModelRung("cpu", model, hang_s=1.0), CacheRung(), DefaultRung(None)],
+                             LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
+                             on_event=lambda event: self.outbox.enqueue("events", {"kind": "ladder", **event}))
+        self._spawn(self._camera_loop, "camera")
+
+    def _camera_loop(self) -> None:
+        from PIL import Image
+
+        cam = self.config.camera
+        period = 1.0 / cam.fps
+        next_at = time.monotonic()
+        n = 0
+        while not self.stopping.is_set():
+            path = self.images[n % len(self.images)]
+            n += 1
+            trace = os.urandom(8).hex()  # made at the source, carried in the envelope to the regional edge
+            image = Image.open(path)
+            served = self.ladder.serve(image)
+            self.inferences += 1
+            self.latencies_ms.append(served.latency_ms)
+            top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
+            record = {"source": path.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
+                      "label": top.label if top else None, "score": round(top.score, 4) if top else None}
+            self.outbox.enqueue("inferences", record, trace=trace)
+            if top is not None and top.label in cam.alert_labels and top.score >= cam.min_score:
+                self.alerts += 1
+                self.outbox.enqueue("events", {"kind": "alert", **record}, trace=trace)
+            next_at += period
+            self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    # -- the MCU -----------------------------------------------------------------------
+
+    def _start_mcu(self) -> None:
+        from edgeloop.firmware_bridge.closed_loop import ClosedLoop
+        from edgeloop.firmware_bridge.link import LinkConfig, McuLink
+
+        m = self.config.mcu
+        url = m.url
+        if not url:
+            from edgeloop.firmware_bridge.sim_process import SimProcess
+
+            self.sim = SimProcess(self.config.data_path, "--rate", str(m.rate_hz),
+                                  "--anomaly-every", str(m.anomaly_every_s))
+            url = str(self.sim.link)
+        self.mcu = McuLink(LinkConfig(url)).start()
+
+        def decide(window: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+            peak = max((abs(v) for v in window.get("samples", [])), default=0)
+            return ("motor", {"on": False}) if peak > m.peak_threshold else None
+
+        self.loop = ClosedLoop(self.mcu, decide, outbox=self.outbox)
+        self._spawn(self._mcu_loop, "mcu")
+
+    def _mcu_loop(self) -> None:
+        while not self.stopping.is_set():
+            self.loop.run(0.5)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
+        streams = self.outbox.stats()["streams"] if self.outbox is not None else {}
+        out: dict[str, Any] = {
+            "inferences": self.inferences, "alerts": self.alerts,
+            "outbox_rows": sum(s["rows"] for s in streams.values()),
+            "outbox_bytes": sum(s["bytes"] for s in streams.values()),
+            "link": self.link.stats()["state"] if self.link is not None else "none (records wait in the outbox)",
+            "rung": self.ladder.stats()["rung"] if self.ladder is not None else None}
+        if lat is not None:
+            p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+            out.update(p50_ms=round(float(p50), 2), p95_ms=round(float(p95), 2), p99_ms=round(float(p99), 2))
+        if self.loop is not None:
+            out["mcu"] = {"state": self.mcu.state, "windows": self.loop.windows, "commands": self.loop.commands,
+                          **{k: v for k, v in self.loop.figures().items() if k.startswith("loop_p99")}}
+        return out
+
+    def _status_loop(self) -> None:
+        last_n, last_t = 0, time.monotonic()
+        while not self.stopping.wait(self.config.status_every_s):
+            s = self.status()
+            now = time.monotonic()
+            rate = (s["inferences"] - last_n) / (now - last_t)
+            last_n, last_t = s["inferences"], now
+            mcu = s.get("mcu", {})
+            print(f"edgeloop: {rate:.1f} inf/s  p50 {s.get('p50_ms', '-')} p95 {s.get('p95_ms', '-')} "
+                  f"p99 {s.get('p99_ms', '-')} ms | rung {s['rung']} | outbox {s['outbox_rows']} rows "
+                  f"{s['outbox_bytes'] / 1024:.0f} KB | link {s['link']} | alerts {s['alerts']}"
+                  + (f" | mcu {mcu.get('state')} {mcu.get('windows')} windows {mcu.get('commands')} commands"
+                     + (f" loop p99 {mcu['loop_p99_ms']} ms" if "loop_p99_ms" in mcu else "") if mcu else ""),
+                  flush=True)

@@ -1,0 +1,138 @@
+"""The agent's configuration: one TOML file (or the embedded demo) plus ``EDGELOOP_*``
+environment overrides, validated with messages that name the key and the fix.
+
+```toml
+device = "gw-1"
+fleet = "demo"
+data_dir = "~/.local/share/edgeloop"
+broker = ""                        # HOST[:PORT]; empty: records wait in the outbox
+status_every_s = 5.0
+
+[camera]                           # an image folder replayed as a camera
+folder = ""                        # empty: the bundled digit samples
+fps = 5.0
+model = "digits"
+deadline_ms = 100.0
+alert_labels = ["7"]               # an event for these labels (threshold: min_score)
+min_score = 0.5
+
+[mcu]                              # the simulated MCU on a pty (or a real port: url)
+enabled = true
+url = ""                           # empty: start the simulator
+rate_hz = 50.0
+peak_threshold = 8000              # a window with a peak above this stops the motor
+anomaly_every_s = 5.0              # the simulator knocks now and then (demo; 0: never)
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgeloop.runtime.errors import ConfigError
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    folder: str = ""
+    fps: float = 5.0
+    model: str = "digits"
+    deadline_ms: float = 100.0
+    alert_labels: tuple[str, ...] = ("7",)
+    min_score: float = 0.5
+
+
+@dataclass(frozen=True)
+class McuConfig:
+    enabled: bool = True
+    url: str = ""
+    rate_hz: float = 50.0
+    peak_threshold: float = 8000.0
+    anomaly_every_s: float = 5.0  # the simulator's demo knocks (0: none); ignored with a real port
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device: str = "gw-1"
+    fleet: str = "demo"
+    data_dir: str = "~/.local/share/edgeloop"
+    broker: str = ""
+    status_every_s: float = 5.0
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    mcu: McuConfig = field(default_factory=McuConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+
+ENV = {"EDGELOOP_DEVICE": "device", "EDGELOOP_FLEET": "fleet", "EDGELOOP_DATA_DIR": "data_dir",
+       "EDGELOOP_BROKER": "broker", "EDGELOOP_STATUS_EVERY_S": "status_every_s"}
+
+
+def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{where}{key}: unknown key", f"use one of: {', '.join(known)}")
+        default = getattr(cls(), key)
+        if isinstance(default, (CameraConfig, McuConfig)):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: must be a table", f"write [{key}]")
+            values[key] = _typed(type(default), value, f"{key}.")
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            value = tuple(value) if ok else value
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ConfigError(f"{where}{key}: {value!r} is not a {type(default).__name__}",
+                              f"write {key} = {default!r} or similar")
+        values[key] = value
+    config = cls(**values)
+    if getattr(config, "anomaly_every_s", 0) < 0:
+        raise ConfigError(f"{where}anomaly_every_s: must not be negative", "give 0 for none")
+    for key in ("fps", "rate_hz", "status_every_s", "deadline_ms"):
+        if hasattr(config, key) and getattr(config, key) <= 0:
+            raise ConfigError(f"{where}{key}: must be above 0", f"give {key} a positive number")
+    return config
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """The file (or the embedded demo defaults), then the environment over it."""
+    table: dict[str, Any] = {}
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {path}: {exc}", "give the path of a TOML file") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config: {path} is not valid TOML: {exc}", "fix the file") from exc
+    config = _typed(AgentConfig, table, "")
+    env = os.environ if environ is None else environ
+    overrides: dict[str, Any] = {}
+    for var, key in ENV.items():
+        if var in env:
+            if key == "status_every_s":
+                try:
+                    overrides[key] = float(env[var])
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: '{env[var]}' is not a number", "give seconds, e.g. 5") from exc
+            else:
+                overrides[key] = env[var]
+    return replace(config, **overrides)

@@ -1,0 +1,84 @@
+"""The device agent: its configuration, the embedded demo run as a user runs it (SIGTERM
+stops it cleanly), and end to end with a simulated MCU, a real Mosquitto and the regional
+receiver: an anomaly stops the motor and the events reach the regional database."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import apsw
+import pytest
+
+from conftest import wait_for
+from edgeloop.runtime.agent import Agent, load_config
+from edgeloop.runtime.errors import ConfigError
+from test_cli import EDGELOOP
+
+
+def test_config_file_environment_and_errors_that_name_the_key(tmp_path):
+    assert load_config(environ={}).camera.model == "digits"  # the embedded demo
+    path = tmp_path / "agent.toml"
+    path.write_text('device = "cam-7"\n[camera]\nfps = 2\nalert_labels = ["1", "2"]\n[mcu]\nenabled = false\n')
+    config = load_config(path, environ={"EDGELOOP_DEVICE": "cam-8", "EDGELOOP_BROKER": "h:1883"})
+    assert (config.device, config.broker, config.camera.fps, config.camera.alert_labels, config.mcu.enabled) == \
+        ("cam-8", "h:1883", 2.0, ("1", "2"), False)
+    for text, message in (('colour = "red"\n', "colour: unknown key"),
+                          ('[camera]\nfps = "fast"\n', "camera.fps: 'fast' is not a float"),
+                          ('[camera]\nfps = 0\n', "camera.fps: must be above 0"),
+                          ("camera = 3\n", "camera: must be a table"),
+                          ("device = \n", "is not valid TOML")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, environ={})
+    with pytest.raises(ConfigError, match="EDGELOOP_STATUS_EVERY_S: 'soon' is not a number"):
+        load_config(environ={"EDGELOOP_STATUS_EVERY_S": "soon"})
+
+
+def test_the_embedded_demo_shows_inferences_and_stops_cleanly_on_sigterm(tmp_path):
+    proc = subprocess.Popen([EDGELOOP, "run", "--data-dir", str(tmp_path / "data"), "--status-every", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "inf/s" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    status = next(line for line in lines if "inf/s" in line)
+    assert "rung cpu" in status and "mcu ready" in status
+    assert "stopped after" in out
+    db = apsw.Connection(str(tmp_path / "data" / "outbox.db"))
+    streams = dict(db.execute("SELECT stream, count(*) FROM records GROUP BY stream"))
+    assert streams.get("inferences", 0) >= 3  # every inference accepted is in the outbox
+    traces = db.execute("SELECT count(DISTINCT trace) FROM records WHERE stream='inferences'").fetchone()[0]
+    assert traces == streams["inferences"]  # a trace id per source event
+
+
+def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, broker, regional, monkeypatch):
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+
+    config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
+                                  "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60"})
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        agent = Agent(config, engine).start()
+        try:
+            wait_for(lambda: agent.mcu.state == "ready" and agent.inferences >= 3, 20, "the agent serving")
+            agent.sim.tell("anomaly on")
+            wait_for(lambda: any(cmd == "motor" for line in agent.sim.lines
+                                 for cmd in line.split()[4:5] if line.startswith("applied")), 10,
+                     "the MCU told to stop the motor")
+            loop = agent.loop.figures()
+            assert loop["commands"] >= 1 and loop["loop_p99_ms"] < 100, loop
+            wait_for(lambda: regional.stats()["devices"].get("gw-1", {}).get("records", 0) >= 10, 20,
+                     "records at the regional edge")
+        finally:
+            agent.stop()
+    rows = regional.db.execute("SELECT stream, count(*) FROM records GROUP BY stream").fetchall()
+    streams = dict(rows)
+    assert streams.get("events", 0) >= 1 and streams.get("inferences", 0) >= 3, streams

@@ -1,0 +1,56 @@
+"""``edgeloop run``: the device agent. With no config it runs the embedded demo: the bundled
+digit samples replayed as a camera through the demo model, a simulated MCU on a pty through
+the firmware bridge, records kept in a local outbox (no broker needed)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any, common: Any) -> None:
+    p = sub.add_parser("run", help="run the device agent (the embedded demo without --config)")
+    p.add_argument("--config", type=Path, help="the agent's TOML file (default: the embedded demo)")
+    p.add_argument("--broker", help="HOST[:PORT] to drain the outbox to [EDGELOOP_BROKER]")
+    p.add_argument("--data-dir", help="where the outbox and state live [EDGELOOP_DATA_DIR]")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until a signal)")
+    p.add_argument("--status-every", type=float, help="seconds between status lines (default 5)")
+    common(p)
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgeloop.runtime.agent import Agent, load_config
+
+    from .cli import engine_from_args
+
+    config = load_config(args.config)
+    overrides = {k: v for k, v in (("broker", args.broker), ("data_dir", args.data_dir),
+                                   ("status_every_s", args.status_every)) if v is not None}
+    config = replace(config, **overrides)
+    engine = engine_from_args(args)
+    agent = Agent(config, engine)
+    signals = [0]
+
+    def on_signal(signum: int, frame: Any) -> None:
+        signals[0] += 1
+        if signals[0] > 1:  # a second signal: out at once; SQLite's journal keeps the files whole
+            os._exit(128 + signum)
+        agent.stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    print(f"edgeloop: agent '{config.device}' running; data in {config.data_path}"
+          + (f", draining to {config.broker}" if config.broker else ", no broker: records wait in the outbox"),
+          flush=True)
+    try:
+        agent.run(args.duration)
+    finally:
+        engine.close()
+    s = agent.final
+    print(f"edgeloop: stopped after {s['inferences']} inferences; outbox holds {s['outbox_rows']} records", flush=True)
+    return 0
