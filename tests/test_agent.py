@@ -82,3 +82,61 @@ def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, 
     rows = regional.db.execute("SELECT stream, count(*) FROM records GROUP BY stream").fetchall()
     streams = dict(rows)
     assert streams.get("events", 0) >= 1 and streams.get("inferences", 0) >= 3, streams
+
+
+def test_desired_config_over_mqtt_is_merged_applied_reported_and_an_invalid_one_rejected(tmp_path, broker):
+    import json
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+
+    states: list[dict] = []
+    ops = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    ops.on_message = lambda c, u, m: states.append(json.loads(m.payload))
+    ops.connect("127.0.0.1", broker.port)
+    ops.subscribe("edgeloop/v1/f1/gw-1/state", qos=1)
+    ops.loop_start()
+
+    def desire(topic: str, document: dict) -> dict:
+        before = len(states)
+        ops.publish(topic, json.dumps(document), qos=1, retain=True)
+        wait_for(lambda: len(states) > before, 10, f"the state after {document}")
+        return states[-1]
+
+    config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
+                                  "EDGELOOP_GROUP": "line-1", "EDGELOOP_DATA_DIR": str(tmp_path / "data"),
+                                  "EDGELOOP_STATUS_EVERY_S": "60"})
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        agent = Agent(replace_mcu_off(config), engine).start()
+        try:
+            wait_for(lambda: agent.inferences >= 1, 20, "the agent serving")
+            device, group = "edgeloop/v1/f1/gw-1/config", "edgeloop/v1/f1/group/line-1/config"
+            state = desire(device, {"camera": {"min_score": 0.99}})
+            assert state["status"] == "applied" and state["restarted"] == []
+            assert agent.config.camera.min_score == 0.99  # live
+            state = desire(group, {"camera": {"fps": 2, "min_score": 0.1}})
+            assert state["status"] == "applied"
+            assert agent.config.camera.fps == 2.0 and agent.config.camera.min_score == 0.99  # device over group
+            thread = agent._part_thread["camera"]
+            state = desire(device, {"camera": {"min_score": 0.99, "deadline_ms": 250}})
+            assert state["restarted"] == ["camera"] and agent._part_thread["camera"] is not thread
+            served = agent.inferences
+            wait_for(lambda: agent.inferences > served, 10, "the restarted camera serving")
+            state = desire(device, {"camera": {"fps": -1}})
+            assert state["status"] == "rejected" and "camera.fps: must be above 0" in state["reason"]
+            assert agent.config.camera.fps == 2.0 and agent.config.camera.deadline_ms == 250  # the last good
+            state = desire(device, {"device": "someone-else"})
+            assert state["status"] == "rejected" and "cannot be changed over MQTT" in state["reason"]
+        finally:
+            agent.stop()
+            ops.publish("edgeloop/v1/f1/gw-1/config", b"", retain=True)
+            ops.loop_stop()
+
+
+def replace_mcu_off(config):
+    from dataclasses import replace
+
+    return replace(config, mcu=replace(config.mcu, enabled=False))

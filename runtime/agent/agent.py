@@ -37,6 +37,7 @@ def bundled_samples() -> Path:
 class Agent:
     def __init__(self, config: AgentConfig, engine: Any) -> None:
         self.config = config
+        self.base_config = config  # the file and environment: remote documents go over this
         self.engine = engine
         self.stopping = threading.Event()
         self.inferences = 0
@@ -50,6 +51,9 @@ class Agent:
         self.mcu: Any = None
         self.sim: Any = None
         self.loop: Any = None
+        self.remote: Any = None
+        self._part_stop = {"camera": threading.Event(), "mcu": threading.Event()}
+        self._part_thread: dict[str, threading.Thread] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -70,6 +74,9 @@ class Agent:
             host, port = parse_broker(c.broker)
             self.link = MqttLink(self.outbox, LinkConfig(host, port, fleet=c.fleet, device=c.device))
             self.link.start()
+            from .remote_config import RemoteConfig
+
+            self.remote = RemoteConfig(host, port, c.fleet, c.device, c.group or None, self.apply)
         self._start_camera()
         if c.mcu.enabled:
             self._start_mcu()
@@ -79,12 +86,20 @@ class Agent:
     def _spawn(self, target: Any, name: str) -> None:
         t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
         t.start()
-        self._threads.append(t)
+        if name in self._part_stop:
+            self._part_thread[name] = t
+        else:
+            self._threads.append(t)
+
+    def _running(self, part: str) -> bool:
+        return not self.stopping.is_set() and not self._part_stop[part].is_set()
 
     def stop(self) -> None:
         """Stop the sources, finish what is in flight, close the link and the outbox."""
         self.stopping.set()
-        for t in self._threads:
+        if self.remote is not None:
+            self.remote.stop()
+        for t in [*self._threads, *self._part_thread.values()]:
             t.join(10)
         self.final = self.status() if self.outbox is not None else {}  # what was done, before closing
         if self.mcu is not None:
@@ -127,11 +142,11 @@ class Agent:
     def _camera_loop(self) -> None:
         from PIL import Image
 
-        cam = self.config.camera
-        period = 1.0 / cam.fps
         next_at = time.monotonic()
         n = 0
-        while not self.stopping.is_set():
+        while self._running("camera"):
+            cam = self.config.camera  # read each time: thresholds and rate change live
+            period = 1.0 / cam.fps
             path = self.images[n % len(self.images)]
             n += 1
             trace = os.urandom(8).hex()  # made at the source, carried in the envelope to the regional edge
@@ -167,14 +182,61 @@ class Agent:
 
         def decide(window: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
             peak = max((abs(v) for v in window.get("samples", [])), default=0)
-            return ("motor", {"on": False}) if peak > m.peak_threshold else None
+            return ("motor", {"on": False}) if peak > self.config.mcu.peak_threshold else None  # live
 
         self.loop = ClosedLoop(self.mcu, decide, outbox=self.outbox)
         self._spawn(self._mcu_loop, "mcu")
 
     def _mcu_loop(self) -> None:
-        while not self.stopping.is_set():
+        while self._running("mcu"):
             self.loop.run(0.5)
+
+    # -- configuration changes -----------------------------------------------------------
+
+    FIXED = ("device", "fleet", "data_dir", "broker", "group")  # set where the agent starts
+    RESTART = {"camera": ("model", "folder", "deadline_ms"), "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s")}
+
+    def apply(self, table: dict[str, Any]) -> dict[str, Any]:
+        """A desired configuration (a partial table over the file's): validated; thresholds and
+        rates change live, a part whose model or port changed is restarted. ConfigError (the
+        last good config stays) for invalid documents or keys only the file can set."""
+        from dataclasses import asdict
+
+        from edgeloop.runtime.errors import ConfigError
+
+        from .config import with_overrides
+
+        fixed = [k for k in self.FIXED if k in table and table[k] != getattr(self.base_config, k)]
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)}: cannot be changed over MQTT",
+                              "change it in the config file or the environment and restart the agent")
+        new = with_overrides(self.base_config, table)
+        old, self.config = self.config, new
+        restarted = [part for part, keys in self.RESTART.items()
+                     if any(getattr(getattr(old, part), k) != getattr(getattr(new, part), k) for k in keys)]
+        for part in restarted:
+            self._restart(part)
+        log.info("config applied (restarted: %s)", ", ".join(restarted) or "nothing")
+        return {"config": asdict(new), "restarted": restarted}
+
+    def _restart(self, part: str) -> None:
+        self._part_stop[part].set()
+        thread = self._part_thread.pop(part, None)
+        if thread is not None:
+            thread.join(10)
+        if part == "camera":
+            self.ladder.close()
+            self._part_stop[part].clear()
+            self._start_camera()
+        else:
+            if self.mcu is not None:
+                self.mcu.stop()
+            if self.sim is not None:
+                self.sim.close()
+            self.mcu = self.sim = self.loop = None
+            self._part_stop[part].clear()
+            if self.config.mcu.enabled:
+                self._start_mcu()
 
     # -- status ------------------------------------------------------------------------
 

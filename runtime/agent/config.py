@@ -66,6 +66,7 @@ class AgentConfig:
     data_dir: str = "~/.local/share/edgeloop"
     broker: str = ""
     status_every_s: float = 5.0
+    group: str = ""  # the fleet group whose desired config applies (besides the device's own)
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
 
@@ -75,7 +76,7 @@ class AgentConfig:
 
 
 ENV = {"EDGELOOP_DEVICE": "device", "EDGELOOP_FLEET": "fleet", "EDGELOOP_DATA_DIR": "data_dir",
-       "EDGELOOP_BROKER": "broker", "EDGELOOP_STATUS_EVERY_S": "status_every_s"}
+       "EDGELOOP_BROKER": "broker", "EDGELOOP_STATUS_EVERY_S": "status_every_s", "EDGELOOP_GROUP": "group"}
 
 
 def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
@@ -111,6 +112,19 @@ def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
         if hasattr(config, key) and getattr(config, key) <= 0:
             raise ConfigError(f"{where}{key}: must be above 0", f"give {key} a positive number")
     return config
+
+
+def with_overrides(config: AgentConfig, table: Mapping[str, Any]) -> AgentConfig:
+    """``config`` with the keys of ``table`` (a partial config, e.g. from MQTT) over it,
+    validated the same way as a file."""
+    from dataclasses import asdict
+
+    from .remote_config import merge
+
+    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
+    for section in ("camera", "mcu"):
+        base[section] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in base[section].items()}
+    return _typed(AgentConfig, merge(base, dict(table)), "")
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
