@@ -37,8 +37,11 @@ def test_config_file_environment_and_errors_that_name_the_key(tmp_path):
 
 
 def test_the_embedded_demo_shows_inferences_and_stops_cleanly_on_sigterm(tmp_path):
+    import os
+
     proc = subprocess.Popen([EDGELOOP, "run", "--data-dir", str(tmp_path / "data"), "--status-every", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGELOOP_METRICS_PORT": "0"})
     lines = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -64,7 +67,8 @@ def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, 
     from edgeloop.runtime.engine import Engine, EngineConfig
 
     config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
-                                  "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60"})
+                                  "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
+                                  "EDGELOOP_METRICS_PORT": "0"})
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         agent = Agent(config, engine).start()
         try:
@@ -108,7 +112,7 @@ def test_desired_config_over_mqtt_is_merged_applied_reported_and_an_invalid_one_
 
     config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
                                   "EDGELOOP_GROUP": "line-1", "EDGELOOP_DATA_DIR": str(tmp_path / "data"),
-                                  "EDGELOOP_STATUS_EVERY_S": "60"})
+                                  "EDGELOOP_STATUS_EVERY_S": "60", "EDGELOOP_METRICS_PORT": "0"})
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         agent = Agent(replace_mcu_off(config), engine).start()
         try:
@@ -140,3 +144,35 @@ def replace_mcu_off(config):
     from dataclasses import replace
 
     return replace(config, mcu=replace(config.mcu, enabled=False))
+
+
+def test_metrics_on_loopback_and_edgeloop_status(tmp_path):
+    import json
+
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+    from edgeloop.tools.status_cmd import read_status
+
+    config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
+                                  "EDGELOOP_METRICS_PORT": "0"})
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        agent = Agent(config, engine).start()
+        try:
+            wait_for(lambda: agent.inferences >= 3 and agent.loop is not None and agent.loop.windows > 5, 20,
+                     "the agent serving")
+            assert agent.metrics_url.startswith("http://127.0.0.1:")
+            status = read_status(agent.metrics_url)
+            assert status["inferences_total"] >= 3
+            assert status["inference_latency_seconds{model=digits,quantile=0.99}"] > 0
+            assert status["outbox_rows{stream=inferences}"] >= 1 and status["link_state{state=none}"] == 1
+            source = next(k for k in status if k.startswith("energy_source"))
+            assert source in ("energy_source{source=rapl}", "energy_source{source=configured device power}")
+            assert status["energy_per_inference_joules"] > 0 and status["cost_per_million_inferences"] > 0
+            assert status["cpu_seconds_per_inference"] > 0
+            out = subprocess.run([EDGELOOP, "status", "--url", agent.metrics_url, "--json"], capture_output=True,
+                                 text=True, timeout=30)
+            assert out.returncode == 0 and json.loads(out.stdout)["inferences_total"] >= 3
+        finally:
+            agent.stop()
+    down = subprocess.run([EDGELOOP, "status", "--url", agent.metrics_url], capture_output=True, text=True, timeout=30)
+    assert down.returncode == 2 and "no agent answers at" in down.stderr

@@ -61,12 +61,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, doctor, index_cmd, infer, models_cmd, outbox_cmd, regional_cmd, run_cmd
+    from . import bench, doctor, index_cmd, infer, models_cmd, outbox_cmd, regional_cmd, run_cmd, status_cmd
 
     parser = argparse.ArgumentParser(prog="edgeloop", description="On-device inference runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run_cmd, doctor, infer, bench, models_cmd, outbox_cmd, regional_cmd, index_cmd):
+    for module in (run_cmd, status_cmd, doctor, infer, bench, models_cmd, outbox_cmd, regional_cmd, index_cmd):
         module.register(sub, _common)
     return parser
 

@@ -52,6 +52,8 @@ class Agent:
         self.sim: Any = None
         self.loop: Any = None
         self.remote: Any = None
+        self.metrics_server: Any = None
+        self.metrics_url = ""
         self._part_stop = {"camera": threading.Event(), "mcu": threading.Event()}
         self._part_thread: dict[str, threading.Thread] = {}
 
@@ -81,6 +83,17 @@ class Agent:
         if c.mcu.enabled:
             self._start_mcu()
         self._spawn(self._status_loop, "status")
+        if c.metrics_port >= 0:
+            from .metrics import serve_metrics
+
+            try:
+                self.metrics_server, _ = serve_metrics(self, int(c.metrics_port), c.device_power_w, c.price_per_kwh)
+            except OSError as exc:  # serving goes on without metrics; said loudly
+                log.error("metrics: cannot listen on 127.0.0.1:%d (%s); running without them "
+                          "(set metrics_port, 0 for any free port)", int(c.metrics_port), exc)
+            else:
+                self.metrics_url = f"http://127.0.0.1:{self.metrics_server.server_port}/metrics"
+                log.info("metrics on %s", self.metrics_url)
         return self
 
     def _spawn(self, target: Any, name: str) -> None:
@@ -99,6 +112,8 @@ class Agent:
         self.stopping.set()
         if self.remote is not None:
             self.remote.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         for t in [*self._threads, *self._part_thread.values()]:
             t.join(10)
         self.final = self.status() if self.outbox is not None else {}  # what was done, before closing

@@ -7,6 +7,9 @@ fleet = "demo"
 data_dir = "~/.local/share/edgeloop"
 broker = ""                        # HOST[:PORT]; empty: records wait in the outbox
 status_every_s = 5.0
+metrics_port = 9464                # Prometheus on 127.0.0.1 (0: a free port, -1: off)
+device_power_w = 5.0               # energy per inference when RAPL cannot be read
+price_per_kwh = 0.30
 
 [camera]                           # an image folder replayed as a camera
 folder = ""                        # empty: the bundled digit samples
@@ -67,6 +70,9 @@ class AgentConfig:
     broker: str = ""
     status_every_s: float = 5.0
     group: str = ""  # the fleet group whose desired config applies (besides the device's own)
+    metrics_port: float = 9464.0  # Prometheus on 127.0.0.1; 0: any free port; -1: off
+    device_power_w: float = 5.0  # for energy per inference where RAPL is not readable
+    price_per_kwh: float = 0.30  # for the cost per million inferences
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
 
@@ -76,7 +82,8 @@ class AgentConfig:
 
 
 ENV = {"EDGELOOP_DEVICE": "device", "EDGELOOP_FLEET": "fleet", "EDGELOOP_DATA_DIR": "data_dir",
-       "EDGELOOP_BROKER": "broker", "EDGELOOP_STATUS_EVERY_S": "status_every_s", "EDGELOOP_GROUP": "group"}
+       "EDGELOOP_BROKER": "broker", "EDGELOOP_STATUS_EVERY_S": "status_every_s", "EDGELOOP_GROUP": "group",
+       "EDGELOOP_METRICS_PORT": "metrics_port"}
 
 
 def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
@@ -142,7 +149,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     overrides: dict[str, Any] = {}
     for var, key in ENV.items():
         if var in env:
-            if key == "status_every_s":
+            if key in ("status_every_s", "metrics_port"):
                 try:
                     overrides[key] = float(env[var])
                 except ValueError as exc:
