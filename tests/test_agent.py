@@ -176,3 +176,15 @@ def test_metrics_on_loopback_and_edgeloop_status(tmp_path):
             agent.stop()
     down = subprocess.run([EDGELOOP, "status", "--url", agent.metrics_url], capture_output=True, text=True, timeout=30)
     assert down.returncode == 2 and "no agent answers at" in down.stderr
+
+
+def test_structured_logs_are_one_json_object_a_line(tmp_path):
+    import json
+    import os
+
+    out = subprocess.run([EDGELOOP, "--log-json", "run", "--duration", "1.5", "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "EDGELOOP_METRICS_PORT": "0"})
+    assert out.returncode == 0, out.stderr
+    entries = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    assert entries and all({"ts", "level", "logger", "msg"} <= set(e) for e in entries)
+    assert any(e["logger"] == "edgeloop.serial" for e in entries)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -65,10 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="edgeloop", description="On-device inference runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-json", action="store_true",
+                        help="structured logs: one JSON object a line on stderr [EDGELOOP_LOG_FORMAT=json]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (run_cmd, status_cmd, doctor, infer, bench, models_cmd, outbox_cmd, regional_cmd, index_cmd):
         module.register(sub, _common)
     return parser
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
 
 
 def print_json(data: Any) -> None:
@@ -81,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="edgeloop: %(levelname)s %(message)s", stream=sys.stderr)
+    if args.log_json or os.environ.get("EDGELOOP_LOG_FORMAT") == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
