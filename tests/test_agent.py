@@ -220,3 +220,16 @@ def test_the_agent_rides_out_a_link_cut_and_delivers_the_backlog_after_healing(t
                 agent.stop()
     finally:
         proxy.close()
+
+
+def test_bench_agent_reports_its_keys():
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+    from edgeloop.tools.bench_agent import bench_agent
+
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        r = bench_agent(engine, seconds=1.0, runs=300)
+    for key in ("startup_to_first_result_s", "max_rss_mb", "inferences_per_s", "loop_p99_ms",
+                "invoke_p99_alone_ms", "invoke_p99_busy_ms", "p99_ratio_busy"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["startup_to_first_result_s"] < 30 and r["loop_commands"] >= 1

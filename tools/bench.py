@@ -27,8 +27,9 @@ def register(sub: Any, common: Any) -> None:
                        "'edgeloop bench sync' the outbox and the MQTT link against a Mosquitto it starts; "
                        "'edgeloop bench index' the retrieval index against exact numpy search; "
                        "'edgeloop bench serial' the firmware bridge over a pty; "
-                       "'edgeloop bench watchdog' the degradation ladder under injected faults.")
-    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync', 'index', 'serial' or 'watchdog'")
+                       "'edgeloop bench watchdog' the degradation ladder under injected faults; "
+                       "'edgeloop bench agent' the device agent end to end.")
+    p.add_argument("model", help="registered model name or .tflite path, or 'kernels', 'sync', 'index', 'serial', 'watchdog' or 'agent'")
     p.add_argument("--runs", type=int, help="timed runs of each loop (default: run for --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="time budget per loop (default 3)")
     p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         return run_serial(args)
     if args.model == "watchdog":
         return run_watchdog(args)
+    if args.model == "agent":
+        return run_agent(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
@@ -272,4 +275,21 @@ def run_watchdog(args: argparse.Namespace) -> int:
     else:
         for key, value in r.items():
             print(f"{key:<20} {value}")
+    return 0
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from .bench_agent import bench_agent
+    from .cli import engine_from_args, print_json
+
+    engine = engine_from_args(args)
+    try:
+        r = bench_agent(engine, min(args.seconds, 3.0))
+    finally:
+        engine.close()
+    if args.json:
+        print_json(r)
+    else:
+        for key, value in r.items():
+            print(f"{key:<28} {value}")
     return 0

@@ -168,6 +168,8 @@ class Agent:
             image = Image.open(path)
             served = self.ladder.serve(image)
             self.inferences += 1
+            if self.inferences == 1:
+                log.info("first result: %s from %s", served.rung, path.name)
             self.latencies_ms.append(served.latency_ms)
             top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
             record = {"source": path.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
