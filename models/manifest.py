@@ -103,6 +103,7 @@ class ModelEntry:
     registered: bool = True
     source: Path | None = None  # the manifest it came from
     accuracy: float | None = None  # held-out accuracy the builder measured, if any
+    baseline: Mapping[str, tuple[float, ...]] | None = None  # feature histograms of the held-out data (drift)
 
     @property
     def cpu(self) -> Artifact | None:
@@ -175,7 +176,8 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
     if not _NAME.match(name):
         raise ManifestError(f"{r.manifest}: model name '{name}' has characters that are not allowed",
                             "use letters, digits, '_', '-' and '.'")
-    r.only("version", "task", "file", "sha256", "card", "variants", "input", "output", "golden", "accuracy")
+    r.only("version", "task", "file", "sha256", "card", "variants", "input", "output", "golden", "accuracy",
+           "baseline")
     artifacts: dict[str, Artifact] = {}
     if "file" in r.table:
         artifacts[CPU] = Artifact(r.path("file", required=True), r.sha256(), CPU)
@@ -233,7 +235,21 @@ def _entry(name: str, r: _Reader) -> ModelEntry:
         registered=True,
         source=r.manifest,
         accuracy=r.get("accuracy", float),
+        baseline=_baseline(r),
     )
+
+
+def _baseline(r: "_Reader") -> dict[str, tuple[float, ...]] | None:
+    """``[models.NAME.baseline]``: per feature, the held-out data's histogram (fractions)."""
+    table = r.get("baseline", dict)
+    if table is None:
+        return None
+    out = {}
+    for key, values in table.items():
+        if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) for v in values):
+            raise r.fail(f"baseline.{key}", "must be a list of fractions", "rebuild it with the model's tool")
+        out[key] = tuple(float(v) for v in values)
+    return out
 
 
 def parse_manifest(data: Mapping[str, Any], path: Path) -> dict[str, ModelEntry]:

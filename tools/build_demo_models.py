@@ -92,12 +92,15 @@ def build_digits(out: Path) -> dict[str, object]:
     scores, embedding = (shapes.index((1, 10)), shapes.index((1, 64)))  # the converter picks the order
     o = outputs[scores]
     hx = digits_to_images(hx8)
-    predictions = []
+    predictions, confidences = [], []
     start = time.perf_counter()
     for image in hx:
         interp.set_tensor(i["index"], image[None, ..., None])
         interp.invoke()
-        predictions.append(int(interp.get_tensor(o["index"]).argmax()))
+        probs = interp.get_tensor(o["index"])[0]
+        predictions.append(int(probs.argmax()))
+        scale, zero = o["quantization"]
+        confidences.append((float(probs.max()) - zero) * scale)  # dequantized, as the engine reports it
     latency_ms = (time.perf_counter() - start) * 1000.0 / len(hx)
     accuracy = float(np.mean(np.asarray(predictions) == hy))
     samples = []
@@ -110,7 +113,12 @@ def build_digits(out: Path) -> dict[str, object]:
         # The golden output is what this INT8 file answered at build time (a regression
         # check); the card lists any sample where that differs from the true digit.
         samples.append((name, predictions[n], digit))
+    from edgeloop.runtime.drift import histogram
+
+    baseline = {"brightness": histogram(hx.reshape(len(hx), -1).mean(axis=1) / 255.0),
+                "confidence": histogram(confidences)}
     return {"file": path.name, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob),
+            "baseline": "\n".join(f"{k} = [{', '.join(f'{v:.4f}' for v in vals)}]" for k, vals in baseline.items()),
             "scores": scores, "embedding": embedding,
             "accuracy": accuracy, "holdout": len(hy), "latency_ms": latency_ms, "samples": samples,
             "tensorflow": tf.__version__}
@@ -151,6 +159,9 @@ file = "{file}"
 sha256 = "{sha256}"
 card = "cards/digits.md"
 accuracy = {accuracy:.6f}
+
+[models.digits.baseline]
+{baseline}
 
 [models.digits.input]
 layout = "NHWC"
@@ -201,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     d["misread_samples"] = ", ".join(wrong) or "none"
     (out / "manifest.toml").write_text(MANIFEST.format(golden=golden, **d))
     (out / "cards" / "digits.md").write_text(CARD.format(seed=SEED, **d))
-    print(json.dumps({k: v for k, v in d.items() if k != "samples"}, indent=2))
+    print(json.dumps({k: v for k, v in d.items() if k not in ("samples", "baseline")}, indent=2))
     args.test_out.mkdir(parents=True, exist_ok=True)
     print("building the multi-input/output test model ...", file=sys.stderr)
     print(json.dumps(build_multi_io(args.test_out), indent=2))

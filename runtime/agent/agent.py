@@ -52,6 +52,7 @@ class Agent:
         self.sim: Any = None
         self.loop: Any = None
         self.remote: Any = None
+        self.drift: Any = None
         self.metrics_server: Any = None
         self.metrics_url = ""
         self._part_stop = {"camera": threading.Event(), "mcu": threading.Event()}
@@ -149,6 +150,15 @@ class Agent:
 
             raise ConfigError(f"camera.folder: no images in {folder}", "point it at a folder of PNG/JPEG/BMP files")
         model = self.engine.load(cam.model)
+        self.drift = None
+        if model.entry.baseline:
+            from edgeloop.runtime.drift import DriftMonitor
+
+            def drifted(event: dict[str, Any]) -> None:
+                log.warning("drift: %s PSI %.3f over %.2f", event["feature"], event["psi"], event["threshold"])
+                self.outbox.enqueue("events", {**event, "model": cam.model})
+
+            self.drift = DriftMonitor(model.entry.baseline, on_drift=drifted)
         self.ladder = Ladder("camera", [ModelRung("cpu", model, hang_s=1.0), CacheRung(), DefaultRung(None)],
                              LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
                              on_event=lambda event: self.outbox.enqueue("events", {"kind": "ladder", **event}))
@@ -174,6 +184,10 @@ class Agent:
             top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
             record = {"source": path.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
                       "label": top.label if top else None, "score": round(top.score, 4) if top else None}
+            if self.drift is not None:
+                from edgeloop.runtime.drift import features
+
+                self.drift.add(features(image, served.result))
             self.outbox.enqueue("inferences", record, trace=trace)
             if top is not None and top.label in cam.alert_labels and top.score >= cam.min_score:
                 self.alerts += 1
@@ -265,7 +279,8 @@ class Agent:
             "outbox_rows": sum(s["rows"] for s in streams.values()),
             "outbox_bytes": sum(s["bytes"] for s in streams.values()),
             "link": self.link.stats()["state"] if self.link is not None else "none (records wait in the outbox)",
-            "rung": self.ladder.stats()["rung"] if self.ladder is not None else None}
+            "rung": self.ladder.stats()["rung"] if self.ladder is not None else None,
+            "drift": {k: round(v, 3) for k, v in self.drift.scores().items()} if self.drift is not None else {}}
         if lat is not None:
             p50, p95, p99 = np.percentile(lat, [50, 95, 99])
             out.update(p50_ms=round(float(p50), 2), p95_ms=round(float(p95), 2), p99_ms=round(float(p99), 2))
@@ -285,6 +300,7 @@ class Agent:
             print(f"edgeloop: {rate:.1f} inf/s  p50 {s.get('p50_ms', '-')} p95 {s.get('p95_ms', '-')} "
                   f"p99 {s.get('p99_ms', '-')} ms | rung {s['rung']} | outbox {s['outbox_rows']} rows "
                   f"{s['outbox_bytes'] / 1024:.0f} KB | link {s['link']} | alerts {s['alerts']}"
+                  + (f" | drift psi {max(s['drift'].values()):.2f}" if s["drift"] else "")
                   + (f" | mcu {mcu.get('state')} {mcu.get('windows')} windows {mcu.get('commands')} commands"
                      + (f" loop p99 {mcu['loop_p99_ms']} ms" if "loop_p99_ms" in mcu else "") if mcu else ""),
                   flush=True)

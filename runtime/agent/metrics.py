@@ -101,6 +101,12 @@ class AgentCollector:
             rung.add_metric([st["task"], st["rung"]], st["level"])
             yield rung
             yield CounterMetricFamily("edgeloop_shed", "requests shed", value=st["shed"])
+        if a.drift is not None:
+            drift = GaugeMetricFamily("edgeloop_drift_psi", "population stability index against the baseline",
+                                      labels=["model", "feature"])
+            for feature, score in a.drift.scores().items():
+                drift.add_metric([model, feature], score)
+            yield drift
         if a.loop is not None:
             fig = a.loop.figures()
             if "loop_p99_ms" in fig:

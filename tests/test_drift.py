@@ -1,0 +1,56 @@
+"""Drift against the baseline the model builder stored in the manifest: held-out data scores
+near 0; shifted inputs raise one drift event per crossing; the agent stores it in the outbox."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from conftest import wait_for
+from edgeloop.models.store import ModelStore
+from edgeloop.runtime.drift import DriftMonitor, histogram, psi
+from edgeloop.tools.demo_data import load_holdout
+
+
+def test_psi_is_small_for_the_held_out_data_and_large_for_shifted_data():
+    baseline = ModelStore().get("digits").baseline
+    assert set(baseline) == {"brightness", "confidence"} and abs(sum(baseline["brightness"]) - 1) < 1e-3
+    images, _ = load_holdout()
+    same = histogram(images.reshape(len(images), -1).mean(axis=1) / 255.0)
+    assert psi(same, baseline["brightness"]) < 0.01
+    shifted = histogram(1.0 - images.reshape(len(images), -1).mean(axis=1) / 255.0)  # inverted frames
+    assert psi(shifted, baseline["brightness"]) > 1.0
+    events = []
+    monitor = DriftMonitor(baseline, window=100, on_drift=events.append)
+    for v in np.linspace(0.85, 0.95, 300):
+        monitor.add({"brightness": float(v), "confidence": 0.99})
+    assert [e["feature"] for e in events] == ["brightness"]  # once per crossing, not per check
+
+
+def test_the_agent_raises_a_drift_event_when_its_camera_sees_other_images(tmp_path):
+    import apsw
+
+    from edgeloop.runtime.agent import Agent, load_config
+    from edgeloop.runtime.agent.agent import bundled_samples
+    from edgeloop.runtime.engine import Engine, EngineConfig
+    from dataclasses import replace
+
+    folder = tmp_path / "inverted"
+    folder.mkdir()
+    for path in bundled_samples().glob("digit_*.png"):
+        ImageOps.invert(Image.open(path).convert("L")).save(folder / path.name)
+    config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_METRICS_PORT": "-1",
+                                  "EDGELOOP_STATUS_EVERY_S": "60"})
+    config = replace(config, camera=replace(config.camera, folder=str(folder), fps=500.0),
+                     mcu=replace(config.mcu, enabled=False))
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        agent = Agent(config, engine).start()
+        try:
+            wait_for(lambda: "brightness" in agent.drift.drifting, 20, "a brightness drift")
+            assert agent.status()["drift"]["brightness"] > 0.25
+        finally:
+            agent.stop()
+    db = apsw.Connection(str(tmp_path / "data" / "outbox.db"))
+    kinds = [row[0] for row in db.execute("SELECT body FROM records WHERE stream = 'events'")]
+    import msgpack
+    assert any(msgpack.unpackb(body).get("kind") == "drift" for body in kinds)
