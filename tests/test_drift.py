@@ -54,3 +54,32 @@ def test_the_agent_raises_a_drift_event_when_its_camera_sees_other_images(tmp_pa
     kinds = [row[0] for row in db.execute("SELECT body FROM records WHERE stream = 'events'")]
     import msgpack
     assert any(msgpack.unpackb(body).get("kind") == "drift" for body in kinds)
+
+
+def test_hard_examples_carry_features_and_embeddings_and_raw_images_only_when_allowed(tmp_path):
+    import apsw
+    import msgpack
+
+    from dataclasses import replace
+
+    from edgeloop.runtime.agent import Agent, load_config
+    from edgeloop.runtime.engine import Engine, EngineConfig
+
+    for upload_raw in (False, True):
+        data = tmp_path / f"raw-{upload_raw}"
+        config = load_config(environ={"EDGELOOP_DATA_DIR": str(data), "EDGELOOP_METRICS_PORT": "-1",
+                                      "EDGELOOP_STATUS_EVERY_S": "60"})
+        config = replace(config, camera=replace(config.camera, fps=200.0, hard_below=1.01, upload_raw=upload_raw),
+                         mcu=replace(config.mcu, enabled=False))  # every inference counts as hard here
+        with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+            agent = Agent(config, engine).start()
+            try:
+                wait_for(lambda: agent.inferences >= 5, 20, "inferences")
+            finally:
+                agent.stop()
+        db = apsw.Connection(str(data / "outbox.db"))
+        rows = [msgpack.unpackb(b) for (b,) in db.execute("SELECT body FROM records WHERE stream='hard-examples'")]
+        priorities = {p for (p,) in db.execute("SELECT priority FROM records WHERE stream='hard-examples'")}
+        assert rows and priorities == {-1}
+        assert all("features" in r and len(r["embedding"]) == 64 * 2 for r in rows)
+        assert all(("image" in r) == upload_raw for r in rows)

@@ -69,7 +69,9 @@ class Agent:
         self.outbox = Outbox(c.data_path / "outbox.db", c.device, streams={
             "inferences": StreamPolicy(priority=0, max_rows=100_000),
             "telemetry": StreamPolicy(priority=1, max_rows=20_000),
-            "events": StreamPolicy(priority=5)})
+            "events": StreamPolicy(priority=5),
+            # hard examples: a bounded local store that uploads when the link allows, first to go when full
+            "hard-examples": StreamPolicy(priority=-1, max_rows=1000, max_bytes=16 * 1024 * 1024)})
         if c.broker:
             from edgeloop.sync.link import LinkConfig, MqttLink
             from edgeloop.tools.regional_cmd import parse_broker
@@ -189,11 +191,25 @@ class Agent:
 
                 self.drift.add(features(image, served.result))
             self.outbox.enqueue("inferences", record, trace=trace)
+            if top is not None and top.score < cam.hard_below:
+                self._hard_example(image, path, record, trace)
             if top is not None and top.label in cam.alert_labels and top.score >= cam.min_score:
                 self.alerts += 1
                 self.outbox.enqueue("events", {"kind": "alert", **record}, trace=trace)
             next_at += period
             self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    def _hard_example(self, image: Any, path: Path, record: dict[str, Any], trace: str) -> None:
+        """Features and the embedding always; the raw image only when the config allows."""
+        from edgeloop.runtime.drift import features
+
+        example: dict[str, Any] = {**record, "features": features(image, None)}
+        model = self.ladder.rungs[0].model
+        if model.entry.output.embedding is not None:
+            example["embedding"] = model.embed(image).vector.astype("float16").tobytes()
+        if self.config.camera.upload_raw:
+            example["image"] = path.read_bytes()
+        self.outbox.enqueue("hard-examples", example, trace=trace)
 
     # -- the MCU -----------------------------------------------------------------------
 

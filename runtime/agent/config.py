@@ -51,6 +51,8 @@ class CameraConfig:
     deadline_ms: float = 100.0
     alert_labels: tuple[str, ...] = ("7",)
     min_score: float = 0.5
+    hard_below: float = 0.6  # an inference less confident than this is a hard example
+    upload_raw: bool = False  # hard examples carry the raw image only when this allows it
 
 
 @dataclass(frozen=True)
