@@ -25,6 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from edgeloop.runtime.errors import ConfigError
+
 from .codec import encode_batch
 from .outbox import Outbox
 
@@ -37,6 +39,16 @@ def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> floa
     """Exponential backoff with jitter: uniform between ``low`` and ``low * 2**attempt``
     (capped at ``high``), so a fleet that lost the same broker does not come back in step."""
     return rng.uniform(low, min(high, low * 2 ** min(attempt, 30)))
+
+
+def parse_broker(text: str) -> tuple[str, int]:
+    """``HOST`` or ``HOST:PORT`` (1883 when no port is given)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, 1883
+    if not port.isdigit() or not host:
+        raise ConfigError(f"--broker: '{text}' is not HOST or HOST:PORT", "for example --broker 127.0.0.1:1883")
+    return host, int(port)
 
 
 def topic(fleet: str, device: str, kind: str) -> str:

@@ -16,7 +16,6 @@ import io
 import logging
 import os
 import threading
-import time
 from typing import Any, Callable
 
 import msgpack

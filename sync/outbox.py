@@ -24,7 +24,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 

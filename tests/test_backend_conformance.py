@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CORAL, IMAGES, PHOTOS
+from conftest import IMAGES, PHOTOS
 
 from edgeloop.runtime.errors import InferenceError, InputError
 

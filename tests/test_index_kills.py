@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 from edgeloop.runtime.retrieval import VectorIndex
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from edgeloop.tools.faultproxy import FaultProxy
 from conftest import wait_for

@@ -128,7 +128,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             qtext = ("per-channel" if q and "scales" in q else
                      f"scale={q['scale']:.8g} zero_point={q['zero_point']}" if q else "not quantized")
             print(f"  {kind[:-1]} {n}: {t['name']}  {t['shape']}  {t['dtype']}  {qtext}")
-    print(f"  ops: " + ", ".join(f"{k}x{v}" for k, v in report["ops"].items()))
+    print("  ops: " + ", ".join(f"{k}x{v}" for k, v in report["ops"].items()))
     print(f"  fully integer: {'yes' if report['fully_integer'] else 'no'}")
     print(f"  Edge TPU custom ops: {'yes' if report['edgetpu'] else 'no'}")
     if report["custom_ops"]:

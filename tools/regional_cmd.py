@@ -11,15 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop.runtime.errors import ConfigError
-
-
-def parse_broker(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, 1883
-    if not port.isdigit() or not host:
-        raise ConfigError(f"--broker: '{text}' is not HOST or HOST:PORT", "for example --broker 127.0.0.1:1883")
-    return host, int(port)
+from edgeloop.sync.link import parse_broker
 
 
 def register(sub: Any, common: Any) -> None:

@@ -73,8 +73,7 @@ class Agent:
             # hard examples: a bounded local store that uploads when the link allows, first to go when full
             "hard-examples": StreamPolicy(priority=-1, max_rows=1000, max_bytes=16 * 1024 * 1024)})
         if c.broker:
-            from edgeloop.sync.link import LinkConfig, MqttLink
-            from edgeloop.tools.regional_cmd import parse_broker
+            from edgeloop.sync.link import LinkConfig, MqttLink, parse_broker
 
             host, port = parse_broker(c.broker)
             self.link = MqttLink(self.outbox, LinkConfig(host, port, fleet=c.fleet, device=c.device))
