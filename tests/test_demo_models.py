@@ -29,3 +29,29 @@ def test_digits_holdout_accuracy_matches_the_manifest(backend_name):
     np.fill_diagonal(similarity, -np.inf)
     nearest_same = float(np.mean(labels[similarity.argmax(axis=1)] == labels))
     assert nearest_same >= 0.9, nearest_same
+
+
+def test_vibration_models_hold_their_reported_accuracy_and_the_small_one_is_smaller(backend_name):
+    from edgeloop.runtime.tensors import quantize
+    from edgeloop.tools.demo_data import load_vibration_holdout, vibration_features, vibration_windows
+
+    windows, labels = load_vibration_holdout()
+    assert windows.shape == (1000, 128) and windows.dtype == np.int16
+    again, again_labels = vibration_windows(1000, seed=1)  # the generator reproduces the held-out set
+    assert np.array_equal(again, windows) and np.array_equal(again_labels, labels)
+    sizes = {}
+    with Engine(EngineConfig(backend=backend_name, num_threads=1), ModelStore()) as engine:
+        for name in ("vibration", "vibration_small"):
+            model = engine.load(name)
+            spec = model.inputs[0]
+            x = vibration_features(windows)
+            scores = model.entry.output.index
+            predicted = np.array([int(model.run(quantize(w[None], spec.quantization, spec.dtype))[scores].argmax())
+                                  for w in x])
+            accuracy = float(np.mean(predicted == labels))
+            assert abs(accuracy - model.entry.accuracy) <= 3 / len(labels), (name, accuracy, model.entry.accuracy)
+            assert accuracy >= 0.95 and model.labels == ["normal", "imbalance", "misalignment", "bearing"]
+            emb = model.embed(quantize(x[:1], spec.quantization, spec.dtype))
+            assert emb.vector.ndim == 1 and abs(float(np.linalg.norm(emb.vector)) - 1) < 1e-5
+            sizes[name] = model.artifact.file.stat().st_size
+    assert sizes["vibration_small"] < sizes["vibration"]
