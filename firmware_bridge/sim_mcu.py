@@ -42,8 +42,10 @@ def window_check(window: dict) -> str:
 
 
 class SimMcu:
-    def __init__(self, link: Path, rate: float, window: int, ber: float, seed: int, verify: bool = False) -> None:
+    def __init__(self, link: Path, rate: float, window: int, ber: float, seed: int, verify: bool = False,
+                 vibration: bool = False) -> None:
         self.verify = verify
+        self.vibration = vibration  # windows from the demo models' signal generator (128 samples)
         self.link = link
         self.rate = rate
         self.window = window
@@ -127,12 +129,18 @@ class SimMcu:
         next_at = time.monotonic()
         while self.running:
             t = (time.monotonic() - self.t0)
-            # a running motor: 1x and 2x rotation plus noise; a spike when an anomaly is injected
-            k = np.arange(self.window)
-            wave = 900 * np.sin(2 * np.pi * (t * 1000 + k) / 40) + 300 * np.sin(2 * np.pi * (t * 1000 + k) / 20)
-            samples = (wave if self.motor else 0 * wave) + self.np_rng.normal(0, 40, self.window)
-            if self.anomaly:
-                samples[self.window // 2] += 12000
+            if self.vibration:  # normal running; a bearing defect while an anomaly is injected
+                from edgeloop.tools.demo_data import vibration_windows
+
+                counts, _ = vibration_windows(1, int(self.np_rng.integers(2**31)), classes=(3 if self.anomaly else 0,))
+                samples = counts[0].astype(np.float64) if self.motor else self.np_rng.normal(0, 40, counts.shape[1])
+            else:
+                # a running motor: 1x and 2x rotation plus noise; a spike when an anomaly is injected
+                k = np.arange(self.window)
+                wave = 900 * np.sin(2 * np.pi * (t * 1000 + k) / 40) + 300 * np.sin(2 * np.pi * (t * 1000 + k) / 20)
+                samples = (wave if self.motor else 0 * wave) + self.np_rng.normal(0, 40, self.window)
+                if self.anomaly:
+                    samples[self.window // 2] += 12000
             window = {"stream": "accel", "n": n, "t": round(t, 6),
                       "samples": np.clip(samples, -32768, 32767).astype(int).tolist()}
             if self.verify:  # an end-to-end check, independent of the frame CRC, to count what gets through
@@ -242,10 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ber", type=float, default=0.0, help="bit-error rate on what it sends")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verify", action="store_true", help="add an end-to-end check to every sensor window")
+    p.add_argument("--vibration", action="store_true",
+                   help="send the demo vibration signals (128-sample windows; a bearing defect as the anomaly)")
     p.add_argument("--anomaly-every", type=float, default=0.0,
                    help="a 0.2 s knock every this many seconds, and the motor back on after it (demo)")
     args = p.parse_args(argv)
-    mcu = SimMcu(args.link, args.rate, args.window, args.ber, args.seed, args.verify)
+    mcu = SimMcu(args.link, args.rate, args.window, args.ber, args.seed, args.verify, args.vibration)
     for loop in (mcu.read_loop, mcu.sensor_loop, mcu.heartbeat_loop):
         threading.Thread(target=loop, daemon=True).start()
     if args.anomaly_every > 0:

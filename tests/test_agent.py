@@ -86,6 +86,11 @@ def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, 
     rows = regional.db.execute("SELECT stream, count(*) FROM records GROUP BY stream").fetchall()
     streams = dict(rows)
     assert streams.get("events", 0) >= 1 and streams.get("inferences", 0) >= 3, streams
+    import msgpack
+
+    events = [msgpack.unpackb(b) for (b,) in regional.db.execute("SELECT body FROM records WHERE stream='events'")]
+    faults = [e["args"].get("fault") for e in events if e.get("command") == "motor"]
+    assert "bearing" in faults, events  # the vibration model named the fault that stopped the motor
 
 
 def test_desired_config_over_mqtt_is_merged_applied_reported_and_an_invalid_one_rejected(tmp_path, broker):

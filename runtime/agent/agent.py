@@ -53,6 +53,7 @@ class Agent:
         self.loop: Any = None
         self.remote: Any = None
         self.drift: Any = None
+        self.mcu_ladder: Any = None
         self.metrics_server: Any = None
         self.metrics_url = ""
         self._part_stop = {"camera": threading.Event(), "mcu": threading.Event()}
@@ -123,8 +124,9 @@ class Agent:
             self.mcu.stop()
         if self.sim is not None:
             self.sim.close()
-        if self.ladder is not None:
-            self.ladder.close()
+        for ladder in (self.ladder, self.mcu_ladder):
+            if ladder is not None:
+                ladder.close()
         if self.link is not None:
             self.link.stop()
         if self.outbox is not None:
@@ -222,16 +224,47 @@ class Agent:
             from edgeloop.firmware_bridge.sim_process import SimProcess
 
             self.sim = SimProcess(self.config.data_path, "--rate", str(m.rate_hz),
-                                  "--anomaly-every", str(m.anomaly_every_s))
+                                  "--anomaly-every", str(m.anomaly_every_s), *(["--vibration"] if m.model else []))
             url = str(self.sim.link)
         self.mcu = McuLink(LinkConfig(url)).start()
 
+        classify = self._window_classifier(m) if m.model else None
+
         def decide(window: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+            if classify is not None:
+                top = classify(window.get("samples", []))
+                fault = top is not None and top.label != "normal" and top.score >= self.config.mcu.min_score  # live
+                return ("motor", {"on": False, "fault": top.label}) if fault else None
             peak = max((abs(v) for v in window.get("samples", [])), default=0)
             return ("motor", {"on": False}) if peak > self.config.mcu.peak_threshold else None  # live
 
         self.loop = ClosedLoop(self.mcu, decide, outbox=self.outbox)
         self._spawn(self._mcu_loop, "mcu")
+
+    def _window_classifier(self, m: Any) -> Any:
+        """Windows through a ladder of the vibration model, its smaller fallback and 'normal'."""
+        from edgeloop.runtime.results import Class, Classification
+        from edgeloop.runtime.tensors import quantize
+        from edgeloop.runtime.watchdog import DefaultRung, Ladder, LadderConfig, ModelRung
+        from edgeloop.tools.demo_data import vibration_features
+
+        primary = self.engine.load(m.model)
+        rungs = [ModelRung(m.model, primary, hang_s=0.5)]
+        if m.fallback:
+            rungs.append(ModelRung(m.fallback, self.engine.load(m.fallback), hang_s=0.5, degraded=True))
+        rungs.append(DefaultRung(Classification((Class(0, "normal", 0.0),))))
+        self.mcu_ladder = Ladder("vibration", rungs, LadderConfig(deadline_s=0.02),
+                                 on_event=lambda event: self.outbox.enqueue("events", {"kind": "ladder", **event}))
+        spec = primary.inputs[0]
+        width = spec.shape[1]
+
+        def classify(samples: list[int]) -> Any:
+            if len(samples) != width:
+                return None
+            x = quantize(vibration_features(np.asarray(samples)[None]), spec.quantization, spec.dtype)
+            return self.mcu_ladder.serve(x).result.top[0]
+
+        return classify
 
     def _mcu_loop(self) -> None:
         while self._running("mcu"):
@@ -240,7 +273,8 @@ class Agent:
     # -- configuration changes -----------------------------------------------------------
 
     FIXED = ("device", "fleet", "data_dir", "broker", "group")  # set where the agent starts
-    RESTART = {"camera": ("model", "folder", "deadline_ms"), "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s")}
+    RESTART = {"camera": ("model", "folder", "deadline_ms"),
+               "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
 
     def apply(self, table: dict[str, Any]) -> dict[str, Any]:
         """A desired configuration (a partial table over the file's): validated; thresholds and
@@ -279,7 +313,9 @@ class Agent:
                 self.mcu.stop()
             if self.sim is not None:
                 self.sim.close()
-            self.mcu = self.sim = self.loop = None
+            if self.mcu_ladder is not None:
+                self.mcu_ladder.close()
+            self.mcu = self.sim = self.loop = self.mcu_ladder = None
             self._part_stop[part].clear()
             if self.config.mcu.enabled:
                 self._start_mcu()

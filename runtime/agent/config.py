@@ -23,7 +23,9 @@ min_score = 0.5
 enabled = true
 url = ""                           # empty: start the simulator
 rate_hz = 50.0
-peak_threshold = 8000              # a window with a peak above this stops the motor
+model = "vibration"                # classifies each window (fallback: vibration_small); "" = peak rule
+min_score = 0.6                    # a fault class this confident stops the motor
+peak_threshold = 8000              # the rule without a model: a peak above this stops the motor
 anomaly_every_s = 5.0              # the simulator knocks now and then (demo; 0: never)
 ```
 """
@@ -60,7 +62,10 @@ class McuConfig:
     enabled: bool = True
     url: str = ""
     rate_hz: float = 50.0
-    peak_threshold: float = 8000.0
+    peak_threshold: float = 8000.0  # the rule when no model is configured
+    model: str = "vibration"  # classifies each window ("" for the peak rule); vibration_small is its fallback
+    fallback: str = "vibration_small"
+    min_score: float = 0.6  # a fault class at least this confident stops the motor
     anomaly_every_s: float = 5.0  # the simulator's demo knocks (0: none); ignored with a real port
 
 
