@@ -6,53 +6,29 @@ for the answer with that correlation id until the deadline. When the link is dow
 at once, so the ladder's next rung answers. ``Responder`` (regional side, next to the
 regional receiver) runs a model on what arrives and answers on the response topic.
 
-Payloads are msgpack: a request ``{task, input: bytes, kind: "png"|"npy", deadline_ms}``; an
+Payloads are msgpack: a request ``{task, input: bytes, kind, deadline_ms}`` (``source_bytes``); an
 answer ``{ok: true, result: {...}}`` or ``{ok: false, error: "..."}``.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
 from typing import Any, Callable
 
 import msgpack
-import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 from edgeloop.runtime.watchdog.rungs import Rung, RungFailed, RungTimeout
 
 from .link import topic
 
 log = logging.getLogger("edgeloop.offload")
-
-
-def encode_input(source: Any) -> tuple[bytes, str]:
-    """An input as bytes to send: images as PNG, arrays as .npy."""
-    if isinstance(source, np.ndarray):
-        buf = io.BytesIO()
-        np.save(buf, source, allow_pickle=False)
-        return buf.getvalue(), "npy"
-    if not hasattr(source, "save"):
-        from PIL import Image
-
-        source = Image.open(source)
-    buf = io.BytesIO()
-    source.save(buf, format="PNG")
-    return buf.getvalue(), "png"
-
-
-def decode_input(data: bytes, kind: str) -> Any:
-    if kind == "npy":
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 class Offloader:
@@ -94,7 +70,7 @@ class Offloader:
     def request(self, task: str, source: Any, timeout_s: float) -> dict[str, Any]:
         if not self.online.is_set():
             raise RungFailed("the link to the regional edge is down")
-        data, kind = encode_input(source)
+        data, kind = to_bytes(source)
         cid = os.urandom(12)
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.response_topic
@@ -175,7 +151,7 @@ class Responder:
             if model is None:
                 answer = {"ok": False, "error": f"no model for task {request.get('task')!r} here"}
             else:
-                answer = {"ok": True, "result": model(decode_input(request["input"], request.get("kind", "png")))}
+                answer = {"ok": True, "result": model(from_bytes(request["input"], request.get("kind", "png")))}
                 self.answered += 1
         except Exception as exc:  # a bad request gets an answer saying so; the responder goes on
             self.failed += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,15 +64,11 @@ def c_frame(tmp_path_factory):
     from cffi import FFI
 
     ffi = FFI()
-    ffi.cdef("""
-        typedef struct { uint8_t version, type, flags; uint16_t seq, length; const uint8_t *payload; } el_frame;
-        uint32_t el_crc32(const uint8_t *data, size_t n);
-        size_t el_cobs_encode(const uint8_t *in, size_t n, uint8_t *out);
-        long el_cobs_decode(const uint8_t *in, size_t n, uint8_t *out);
-        long el_frame_encode(uint8_t type, uint8_t flags, uint16_t seq, const uint8_t *payload, uint16_t length,
-                             uint8_t *out, size_t cap);
-        int el_frame_decode(const uint8_t *in, size_t n, el_frame *frame, uint8_t *scratch);
-    """)
+    # The declarations firmware authors include, read from the header itself (cffi's cdef takes
+    # no preprocessor lines or comments): the test binds exactly what the header promises.
+    header = (C_DIR / "edgeloop_frame.h").read_text()
+    header = re.sub(r"/\*.*?\*/", "", header, flags=re.S)
+    ffi.cdef("\n".join(line for line in header.splitlines() if not line.lstrip().startswith("#")))
     ffi.set_source("_el_frame_test", '#include "edgeloop_frame.h"', sources=[str(C_DIR / "edgeloop_frame.c")],
                    include_dirs=[str(C_DIR)], extra_compile_args=["-std=c99", "-Wall", "-Wextra", "-Werror"])
     out = tmp_path_factory.mktemp("cframe")

@@ -136,16 +136,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model == "kernels":
         return run_kernels(args)
-    if args.model == "sync":
-        return run_sync(args)
     if args.model == "index":
         return run_index(args)
-    if args.model == "serial":
-        return run_serial(args)
-    if args.model == "watchdog":
-        return run_watchdog(args)
-    if args.model == "agent":
-        return run_agent(args)
+    if args.model in ("sync", "serial", "watchdog", "agent"):
+        return run_suite(args)
     engine = engine_from_args(args)
     try:
         r = measure(engine, args.model, args.runs, args.seconds, args.warmup)
@@ -213,19 +207,6 @@ def run_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_sync(args: argparse.Namespace) -> int:
-    from .bench_sync import bench_sync
-    from .cli import print_json
-
-    r = bench_sync(seconds=min(args.seconds, 3.0))
-    if args.json:
-        print_json(r)
-    else:
-        for key, value in r.items():
-            print(f"{key:<24} {value}")
-    return 0
-
-
 def run_index(args: argparse.Namespace) -> int:
     import sys
 
@@ -244,52 +225,35 @@ def run_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_serial(args: argparse.Namespace) -> int:
-    from .bench_serial import bench_serial
-    from .cli import engine_from_args, print_json
-
-    engine = engine_from_args(args)
-    try:
-        r = bench_serial(min(args.seconds, 3.0), engine)
-    finally:
-        engine.close()
-    if args.json:
-        print_json(r)
-    else:
-        for key, value in r.items():
-            print(f"{key:<16} {value}")
-    return 0
-
-
-def run_watchdog(args: argparse.Namespace) -> int:
-    from .bench_watchdog import bench_watchdog
-    from .cli import engine_from_args, print_json
-
-    engine = engine_from_args(args)
-    try:
-        r = bench_watchdog(engine, args.shared, args.requests)
-    finally:
-        engine.close()
-    if args.json:
-        print_json(r)
-    else:
-        for key, value in r.items():
-            print(f"{key:<20} {value}")
-    return 0
-
-
-def run_agent(args: argparse.Namespace) -> int:
+def _suite(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+    """The figures of ``edgeloop bench sync|serial|watchdog|agent``."""
+    seconds = min(args.seconds, 3.0)
+    if args.model == "sync":
+        from .bench_sync import bench_sync
+        return bench_sync(seconds=seconds)
+    if args.model == "serial":
+        from .bench_serial import bench_serial
+        return bench_serial(seconds, engine)
+    if args.model == "watchdog":
+        from .bench_watchdog import bench_watchdog
+        return bench_watchdog(engine, args.shared, args.requests)
     from .bench_agent import bench_agent
+    return bench_agent(engine, seconds)
+
+
+def run_suite(args: argparse.Namespace) -> int:
     from .cli import engine_from_args, print_json
 
-    engine = engine_from_args(args)
+    engine = None if args.model == "sync" else engine_from_args(args)
     try:
-        r = bench_agent(engine, min(args.seconds, 3.0))
+        r = _suite(args, engine)
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
     if args.json:
         print_json(r)
     else:
+        width = max(map(len, r)) + 2
         for key, value in r.items():
-            print(f"{key:<28} {value}")
+            print(f"{key:<{width}} {value}")
     return 0

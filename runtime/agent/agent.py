@@ -170,6 +170,8 @@ class Agent:
     def _camera_loop(self) -> None:
         from PIL import Image
 
+        from edgeloop.runtime.drift import features as drift_features
+
         next_at = time.monotonic()
         n = 0
         while self._running("camera"):
@@ -188,9 +190,7 @@ class Agent:
             record = {"source": path.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
                       "label": top.label if top else None, "score": round(top.score, 4) if top else None}
             if self.drift is not None:
-                from edgeloop.runtime.drift import features
-
-                self.drift.add(features(image, served.result))
+                self.drift.add(drift_features(image, served.result))
             self.outbox.enqueue("inferences", record, trace=trace)
             if top is not None and top.score < cam.hard_below:
                 self._hard_example(image, path, record, trace)

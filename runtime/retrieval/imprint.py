@@ -5,14 +5,14 @@ engine (``image_embedder``), or any callable for text or other data."""
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 
 from .collection import Collection, Neighbour
 
@@ -32,26 +32,6 @@ class Decision:
         return self.label != UNKNOWN
 
 
-def source_bytes(source: Any) -> tuple[bytes, str]:
-    """What is kept of an input so the collection can be re-embedded later: a file's bytes,
-    an image as PNG, an array as .npy, text as UTF-8."""
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        return Path(source).read_bytes(), Path(source).suffix.lstrip(".").lower() or "bin"
-    if hasattr(source, "save"):  # a PIL image
-        buf = io.BytesIO()
-        source.save(buf, format="PNG")
-        return buf.getvalue(), "png"
-    if isinstance(source, np.ndarray):
-        buf = io.BytesIO()
-        np.save(buf, source, allow_pickle=False)
-        return buf.getvalue(), "npy"
-    if isinstance(source, str):
-        return source.encode(), "text"
-    if isinstance(source, bytes):
-        return source, "bin"
-    raise TypeError(f"cannot keep a {type(source).__name__} as a source")
-
-
 def embedding_identity(model: Any) -> tuple[str, str]:
     """(model, version) recorded with a collection: the manifest version of a registered
     model (its CPU and accelerator variants embed alike), else the file's sha256."""
@@ -62,12 +42,9 @@ def embedding_identity(model: Any) -> tuple[str, str]:
 def image_embedder(model: Any) -> Callable[[Any], np.ndarray]:
     """An embedding function from a loaded model (``Engine.load(...)``): paths, PIL images,
     arrays, and stored source bytes (for ``Collection.rebuild``)."""
-    from PIL import Image
-
     def embed(source: Any, kind: str | None = None) -> np.ndarray:
         if isinstance(source, bytes):
-            source = np.load(io.BytesIO(source), allow_pickle=False) if kind == "npy" else \
-                Image.open(io.BytesIO(source)).convert("RGB")
+            source = from_bytes(source, kind)
         return model.embed(source).vector
 
     return embed
@@ -85,7 +62,7 @@ class Imprinter:
         """Embed ``source`` and store it as an example of ``label``; returns its id."""
         vector = self.embed(source)
         item_id = id or f"{label or 'item'}-{os.urandom(6).hex()}"
-        data, kind = source_bytes(source) if keep_source else (None, None)
+        data, kind = to_bytes(source) if keep_source else (None, None)
         self.collection.add(item_id, vector, label=label, source=data, source_type=kind)
         return item_id
 

@@ -31,6 +31,10 @@ class Rung:
     def serve(self, source: Any, timeout_s: float) -> Any:
         raise NotImplementedError
 
+    def observe(self, took_s: float) -> None:
+        """Fold one answer's time into ``expected_s`` (an exponential average)."""
+        self.expected_s = took_s if self.expected_s is None else 0.9 * self.expected_s + 0.1 * took_s
+
     def close(self) -> None:
         pass
 
@@ -101,8 +105,7 @@ class ModelRung(Rung):
                     stuck.discard(me)
                     self._workers -= 1
                 return
-            took = time.monotonic() - start
-            self.expected_s = took if self.expected_s is None else 0.9 * self.expected_s + 0.1 * took
+            self.observe(time.monotonic() - start)
 
     def _watch(self) -> None:
         while not self._closed:
@@ -194,8 +197,7 @@ class NeighbourRung(Rung):
     def serve(self, source: Any, timeout_s: float) -> Any:
         start = time.monotonic()
         decision = self.imprinter.classify(source)
-        took = time.monotonic() - start
-        self.expected_s = took if self.expected_s is None else 0.9 * self.expected_s + 0.1 * took
+        self.observe(time.monotonic() - start)
         if not decision.known:
             raise RungFailed(f"nothing near enough in the index (nearest {decision.distance:.3f})")
         return decision
