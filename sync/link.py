@@ -75,6 +75,7 @@ class LinkConfig:
     live_share: float = 0.25
     backoff_min_s: float = 0.2
     backoff_max_s: float = 30.0
+    max_records_per_s: float = 0.0  # a cap on the drain (0: none), so a long catch-up leaves CPU to inference
 
 
 class MqttLink:
@@ -98,6 +99,7 @@ class MqttLink:
         self._running = False
         self._protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self.last_backoff_s = 0.0
+        self._next_send = 0.0  # when the drain may send again under max_records_per_s
         self._client = self._make_client()
         self._drainer = threading.Thread(target=self._drain_loop, name="link-drain", daemon=True)
 
@@ -271,8 +273,24 @@ class MqttLink:
                         sent = sent if n == 0 else 0  # refused: back off as if there were nothing
                         break
                     sent += n
+                    self._pace(n)
+                    if self._acked_messages >= 8:
+                        # A long backlog keeps the window open: acked records are deleted
+                        # as it drains, not all at the end (a crash would resend them all).
+                        self._delete_acked()
                 idle = 0.0 if sent else min(max(idle * 2, 0.01), 0.2) + random.uniform(0, 0.005)
             self._delete_acked()
+
+    def _pace(self, records: int) -> None:
+        """Hold the drain to ``max_records_per_s`` (a stop still ends the wait at once)."""
+        rate = self.config.max_records_per_s
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        self._next_send = max(self._next_send, now - 0.1) + records / rate  # up to 0.1 s of credit
+        with self._wake:
+            while self._running and (left := self._next_send - time.monotonic()) > 0:
+                self._wake.wait(left)
 
     def _can_send(self) -> bool:
         return self.state == ONLINE and len(self._pending) < self.config.inflight_window

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import apsw
 
@@ -127,14 +127,17 @@ class _Pending:
 
 class _Ticket:
     """One caller's records, waiting for the commit that carries them: a thread waits on
-    ``event``; a coroutine on ``future``, settled in its own loop once per commit."""
+    ``event``; a coroutine on ``future``, settled in its own loop once per commit; or
+    ``callback`` is called on the writer thread."""
 
-    __slots__ = ("items", "event", "loop", "future", "error")
+    __slots__ = ("items", "event", "loop", "future", "error", "callback")
 
-    def __init__(self, items: list[_Pending], loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, items: list[_Pending], loop: asyncio.AbstractEventLoop | None = None,
+                 callback: Callable[["_Ticket"], None] | None = None) -> None:
         self.items = items
         self.loop = loop
-        self.event = threading.Event() if loop is None else None
+        self.callback = callback
+        self.event = threading.Event() if loop is None and callback is None else None
         self.future = None if loop is None else loop.create_future()
         self.error: BaseException | None = None
 
@@ -361,6 +364,21 @@ class Outbox:
         ticket = _Ticket(self._records([(stream, body)], priority, ttl_s, trace), asyncio.get_running_loop())
         return (await self._submit(ticket).future)[0]  # type: ignore[misc]
 
+    def enqueue_then(self, items: Iterable[tuple[str, Any]], done: Callable[[list[Enqueued] | BaseException], None],
+                     *, priority: int | None = None, ttl_s: float | None = None, trace: str | None = None) -> None:
+        """``enqueue_many`` without waiting: ``done`` gets the stored records (or the error)
+        on the writer thread once they are durable. For a server that answers many callers
+        from one thread; ``done`` must be quick."""
+
+        def settle(ticket: _Ticket) -> None:
+            try:
+                result: list[Enqueued] | BaseException = ticket.results()
+            except BaseException as exc:
+                result = exc
+            done(result)
+
+        self._submit(_Ticket(self._records(items, priority, ttl_s, trace), callback=settle))
+
     def _records(self, items: Iterable[tuple[str, Any]], priority: int | None, ttl_s: float | None,
                  trace: str | None) -> list[_Pending]:
         now = time.time()
@@ -421,7 +439,12 @@ class Outbox:
     def _wake(tickets: list[_Ticket]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Ticket]] = {}
         for ticket in tickets:
-            if ticket.loop is None:
+            if ticket.callback is not None:
+                try:
+                    ticket.callback(ticket)
+                except Exception:  # one caller's bug must not stop the writer
+                    log.exception("outbox: an enqueue_then callback failed")
+            elif ticket.loop is None:
                 ticket.event.set()  # type: ignore[union-attr]
             else:
                 by_loop.setdefault(ticket.loop, []).append(ticket)

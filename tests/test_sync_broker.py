@@ -31,6 +31,28 @@ def test_every_record_arrives_once_and_leaves_the_outbox(tmp_path, broker, regio
         assert link.stats()["delivered_records"] >= 3050
 
 
+def test_a_long_backlog_leaves_the_outbox_as_it_drains_not_all_at_the_end(tmp_path, broker):
+    """Acked records are deleted while the window keeps sending (here it never fills): a crash
+    in the middle of a long drain must not leave everything already delivered to be sent again."""
+    box = Outbox(tmp_path / "o.db", "dev-b")
+    box.enqueue_many([("s", {"n": n}) for n in range(30_000)])
+    link = MqttLink(box, LinkConfig("127.0.0.1", broker.port, device="dev-b", batch_records=100, inflight_window=1000))
+    link.start()
+    seen_midway = []
+    try:
+        while link.stats()["delivered_records"] < 30_000:
+            delivered = link.stats()["delivered_records"]
+            if 0 < delivered < 30_000:
+                seen_midway.append((delivered, box.stats()["streams"].get("s", {}).get("rows", 0)))
+            time.sleep(0.002)
+    finally:
+        link.stop()
+        box.close()
+    assert seen_midway, "nothing was deleted before the whole backlog had been sent"
+    delivered, rows = seen_midway[0]
+    assert delivered + rows <= 30_000 and rows > 0, seen_midway[:3]
+
+
 def test_status_is_retained_online_then_offline(tmp_path, broker):
     seen: list[bytes] = []
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)

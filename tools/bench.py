@@ -44,7 +44,7 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--n", type=int, default=100_000, help="with 'index': vectors (default 100,000)")
     p.add_argument("--dim", type=int, default=384, help="with 'index': dimensions (default 384)")
     p.add_argument("--shared", type=Path, default=Path(os.environ.get("EDGELOOP_SHARED", "../shared")),
-                   help="with 'watchdog': the shared models and photos (default ../shared) [EDGELOOP_SHARED]")
+                   help="with 'watchdog' and 'agent': the shared models and photos (default ../shared) [EDGELOOP_SHARED]")
     p.add_argument("--requests", type=int, default=1000, help="with 'watchdog': requests per fault (default 1000)")
     p.add_argument("--invoke-model", metavar="MODEL",
                    help="with 'kernels': also time this model's invoke, for the preprocess share of it")
@@ -238,12 +238,16 @@ def _suite(args: argparse.Namespace, engine: Any) -> dict[str, Any]:
         from .bench_watchdog import bench_watchdog
         return bench_watchdog(engine, args.shared, args.requests)
     from .bench_agent import bench_agent
-    return bench_agent(engine, seconds)
+    return bench_agent(engine, seconds, args.shared)
 
 
 def run_suite(args: argparse.Namespace) -> int:
     from .cli import engine_from_args, print_json
 
+    if args.model == "agent" and args.threads is None and "EDGELOOP_NUM_THREADS" not in os.environ:
+        from edgeloop.runtime.agent.agent import inference_threads
+
+        args.threads = inference_threads()  # as `edgeloop run` does
     engine = None if args.model == "sync" else engine_from_args(args)
     try:
         r = _suite(args, engine)

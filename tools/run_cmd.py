@@ -25,6 +25,7 @@ def register(sub: Any, common: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edgeloop.runtime.agent import Agent, load_config
+    from edgeloop.runtime.agent.agent import inference_threads
 
     from .cli import engine_from_args
 
@@ -32,6 +33,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("broker", args.broker), ("data_dir", args.data_dir),
                                    ("status_every_s", args.status_every)) if v is not None}
     config = replace(config, **overrides)
+    if args.threads is None and "EDGELOOP_NUM_THREADS" not in os.environ:
+        args.threads = inference_threads()
     engine = engine_from_args(args)
     agent = Agent(config, engine)
     signals = [0]

@@ -6,7 +6,9 @@
 - MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
   configured) through the closed loop; a peak over the threshold stops the motor; commands,
   MCU events and link telemetry go to the outbox.
-- Sinks: the durable outbox under ``data_dir``, drained to ``broker`` when one is set.
+- Sinks: the durable outbox under ``data_dir``, drained to ``broker`` when one is set, and the
+  local retrieval index (embeddings of every ``camera.index_every``-th frame and of alerts),
+  both kept by the sync worker, a child process (``sync_worker.py``).
 - A status line every ``status_every_s``. ``stop()`` (SIGINT/SIGTERM) stops the sources,
   lets in-flight work finish, closes the link and the outbox; nothing accepted is lost.
 """
@@ -34,6 +36,15 @@ def bundled_samples() -> Path:
     return Path(store.__file__).resolve().parent / "samples"
 
 
+def inference_threads() -> int:
+    """Interpreter threads for the agent: every core but one (at most 4), which is left to the
+    sync worker, the MCU loop and the broker link. Measured here (2 cores): a model on both
+    cores had its p99 tripled by a drain on the second; on one core, 1.1-1.2x."""
+    from edgeloop.runtime.engine import default_threads
+
+    return max(1, default_threads() - 1)
+
+
 class Agent:
     def __init__(self, config: AgentConfig, engine: Any) -> None:
         self.config = config
@@ -45,8 +56,7 @@ class Agent:
         self.alerts = 0
         self.final: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
-        self.outbox: Any = None
-        self.link: Any = None
+        self.outbox: Any = None  # the SyncWorker: the outbox's calls, the link and the index in a child
         self.ladder: Any = None
         self.mcu: Any = None
         self.sim: Any = None
@@ -62,23 +72,18 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "Agent":
-        from edgeloop.sync.outbox import Outbox, StreamPolicy
+        from .sync_worker import SyncSettings, SyncWorker
 
         c = self.config
         c.data_path.mkdir(parents=True, exist_ok=True)
-        # Inferences are the bulk and the least precious: capped, evicted first; events are kept longest.
-        self.outbox = Outbox(c.data_path / "outbox.db", c.device, streams={
-            "inferences": StreamPolicy(priority=0, max_rows=100_000),
-            "telemetry": StreamPolicy(priority=1, max_rows=20_000),
-            "events": StreamPolicy(priority=5),
-            # hard examples: a bounded local store that uploads when the link allows, first to go when full
-            "hard-examples": StreamPolicy(priority=-1, max_rows=1000, max_bytes=16 * 1024 * 1024)})
+        self.outbox = SyncWorker(SyncSettings(str(c.data_path), c.device, c.fleet, c.broker, nice=c.sync_nice,
+                                                  drain_per_s=c.drain_per_s))
+        if self.outbox.salvage:
+            log.error("outbox: the file was damaged and salvaged: %s", self.outbox.salvage)
         if c.broker:
-            from edgeloop.sync.link import LinkConfig, MqttLink, parse_broker
+            from edgeloop.sync.link import parse_broker
 
             host, port = parse_broker(c.broker)
-            self.link = MqttLink(self.outbox, LinkConfig(host, port, fleet=c.fleet, device=c.device))
-            self.link.start()
             from .remote_config import RemoteConfig
 
             self.remote = RemoteConfig(host, port, c.fleet, c.device, c.group or None, self.apply)
@@ -127,8 +132,6 @@ class Agent:
         for ladder in (self.ladder, self.mcu_ladder):
             if ladder is not None:
                 ladder.close()
-        if self.link is not None:
-            self.link.stop()
         if self.outbox is not None:
             self.outbox.close()
 
@@ -194,11 +197,23 @@ class Agent:
             self.outbox.enqueue("inferences", record, trace=trace)
             if top is not None and top.score < cam.hard_below:
                 self._hard_example(image, path, record, trace)
-            if top is not None and top.label in cam.alert_labels and top.score >= cam.min_score:
+            alert = top is not None and top.label in cam.alert_labels and top.score >= cam.min_score
+            if alert:
                 self.alerts += 1
                 self.outbox.enqueue("events", {"kind": "alert", **record}, trace=trace)
+            if cam.index_every and (alert or self.inferences % cam.index_every == 0):
+                self._index(image, record, trace)
             next_at += period
             self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    def _index(self, image: Any, record: dict[str, Any], trace: str) -> None:
+        """The frame's embedding into the local retrieval index (collection: the model's name),
+        under its trace id, labelled with what was decided."""
+        model = self.ladder.rungs[0].model
+        if model.entry.output.embedding is None or record["rung"] != self.ladder.rungs[0].name:
+            return  # no embedding output, or the model did not answer this one
+        self.outbox.index_add(model.name, model.name, model.entry.version, [trace], [model.embed(image).vector],
+                              [record["label"]])
 
     def _hard_example(self, image: Any, path: Path, record: dict[str, Any], trace: str) -> None:
         """Features and the embedding always; the raw image only when the config allows."""
@@ -324,12 +339,14 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
-        streams = self.outbox.stats()["streams"] if self.outbox is not None else {}
+        sync = self.outbox.stats() if self.outbox is not None else {"streams": {}, "link": None, "index": {}}
+        streams = sync["streams"]
         out: dict[str, Any] = {
             "inferences": self.inferences, "alerts": self.alerts,
             "outbox_rows": sum(s["rows"] for s in streams.values()),
             "outbox_bytes": sum(s["bytes"] for s in streams.values()),
-            "link": self.link.stats()["state"] if self.link is not None else "none (records wait in the outbox)",
+            "link": sync["link"]["state"] if sync["link"] is not None else "none (records wait in the outbox)",
+            "index_items": sum(sync["index"].values()),
             "rung": self.ladder.stats()["rung"] if self.ladder is not None else None,
             "drift": {k: round(v, 3) for k, v in self.drift.scores().items()} if self.drift is not None else {}}
         if lat is not None:

@@ -10,6 +10,8 @@ status_every_s = 5.0
 metrics_port = 9464                # Prometheus on 127.0.0.1 (0: a free port, -1: off)
 device_power_w = 5.0               # energy per inference when RAPL cannot be read
 price_per_kwh = 0.30
+sync_nice = 10                     # the sync worker (outbox drain, index writes) yields the CPU to inference
+drain_per_s = 50000.0              # at most this many records/s when catching up (0: no cap)
 
 [camera]                           # an image folder replayed as a camera
 folder = ""                        # empty: the bundled digit samples
@@ -18,6 +20,7 @@ model = "digits"
 deadline_ms = 100.0
 alert_labels = ["7"]               # an event for these labels (threshold: min_score)
 min_score = 0.5
+index_every = 25                   # every n-th frame (and each alert) into the local retrieval index
 
 [mcu]                              # the simulated MCU on a pty (or a real port: url)
 enabled = true
@@ -55,6 +58,7 @@ class CameraConfig:
     min_score: float = 0.5
     hard_below: float = 0.6  # an inference less confident than this is a hard example
     upload_raw: bool = False  # hard examples carry the raw image only when this allows it
+    index_every: int = 25  # every n-th frame's embedding (and every alert's) into the local index; 0: none
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class AgentConfig:
     metrics_port: float = 9464.0  # Prometheus on 127.0.0.1; 0: any free port; -1: off
     device_power_w: float = 5.0  # for energy per inference where RAPL is not readable
     price_per_kwh: float = 0.30  # for the cost per million inferences
+    sync_nice: int = 10  # niceness added to the sync worker (outbox drain, index writes): inference first
+    drain_per_s: float = 50_000.0  # records/s the outbox drains at most (0: no cap); catch-up leaves CPU to inference
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
 
@@ -107,6 +113,8 @@ def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
             continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
@@ -122,6 +130,9 @@ def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
     config = cls(**values)
     if getattr(config, "anomaly_every_s", 0) < 0:
         raise ConfigError(f"{where}anomaly_every_s: must not be negative", "give 0 for none")
+    for key in ("index_every", "sync_nice", "drain_per_s"):
+        if getattr(config, key, 0) < 0:
+            raise ConfigError(f"{where}{key}: must not be negative", "give 0 or more")
     for key in ("fps", "rate_hz", "status_every_s", "deadline_ms"):
         if hasattr(config, key) and getattr(config, key) <= 0:
             raise ConfigError(f"{where}{key}: must be above 0", f"give {key} a positive number")

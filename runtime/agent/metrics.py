@@ -78,20 +78,28 @@ class AgentCollector:
             yield GaugeMetricFamily("edgeloop_energy_per_inference_joules", "energy / inferences", value=energy)
             yield GaugeMetricFamily("edgeloop_cost_per_million_inferences", "at the configured price of a kWh",
                                     value=energy * 1e6 / 3.6e6 * self.price_per_kwh)
-        if a.outbox is not None:
+        sync = a.outbox.stats() if a.outbox is not None else None
+        if sync is not None:
             rows = GaugeMetricFamily("edgeloop_outbox_rows", "records waiting", labels=["stream"])
             size = GaugeMetricFamily("edgeloop_outbox_bytes", "bytes waiting", labels=["stream"])
             evicted = CounterMetricFamily("edgeloop_outbox_evictions", "records evicted", labels=["stream", "reason"])
-            for stream, s in a.outbox.stats()["streams"].items():
-                rows.add_metric([stream], s["rows"])
-                size.add_metric([stream], s["bytes"])
-                for reason, count in s["evictions"].items():
+            for stream, st in sync["streams"].items():
+                rows.add_metric([stream], st["rows"])
+                size.add_metric([stream], st["bytes"])
+                for reason, count in st["evictions"].items():
                     evicted.add_metric([stream, reason], count)
             yield rows
             yield size
             yield evicted
+            items = GaugeMetricFamily("edgeloop_index_items", "vectors in the local retrieval index",
+                                      labels=["collection"])
+            for name, count in sync["index"].items():
+                items.add_metric([name], count)
+            yield items
+            yield CounterMetricFamily("edgeloop_sync_worker_restarts", "sync worker processes replaced",
+                                      value=sync["worker_restarts"])
         link = GaugeMetricFamily("edgeloop_link_state", "1 for the MQTT link's state", labels=["state"])
-        state = a.link.stats()["state"] if a.link is not None else "none"
+        state = sync["link"]["state"] if sync is not None and sync["link"] is not None else "none"
         for s in LINK_STATES:
             link.add_metric([s], float(s == state))
         yield link

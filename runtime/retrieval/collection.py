@@ -367,6 +367,11 @@ class Collection:
     # -- reading ---------------------------------------------------------------------------
 
     @_locked
+    def oldest(self, n: int) -> list[str]:
+        """The ids of the ``n`` items stored first (to keep a collection bounded)."""
+        return [r[0] for r in self._db.execute(f"SELECT id FROM {self._items} ORDER BY rowid LIMIT ?", (n,))]
+
+    @_locked
     def query(self, vector: Any, k: int = 10, *, where: dict[str, Any] | None = None,
               oversample: int | None = None, probes: int | None = None) -> list[Neighbour]:
         """The ``k`` nearest items, nearest first, optionally filtered on metadata columns,

@@ -1,0 +1,343 @@
+"""The agent's sync worker: the outbox, its link to the broker and the local retrieval index
+in a child process.
+
+Draining at tens of thousands of records a second and writing vectors are Python work; in the
+inference process they would hold the GIL and the model's p99 would wait for it (11.7× its
+p99 alone, measured). In a child process run at a lower CPU priority (``nice``, 10 by
+default) they take what the inference leaves.
+
+``SyncWorker`` is the agent's end and has the outbox's calls (``enqueue``, ``enqueue_many``,
+``stats``), each answered over a pipe; ``enqueue`` still returns only once the record is
+durable (the child answers from the outbox's group commit). ``index_add`` hands vectors to the
+index without waiting. If the child dies, callers waiting get ``OutboxError`` and the next call
+starts a new child on the same files (logged, counted in ``restarts``).
+
+The child ignores SIGINT and SIGTERM (the agent decides when to stop); it finishes and closes
+its files when told to stop or when the pipe closes because the agent is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import msgpack
+
+from edgeloop.runtime.errors import ConfigError, EdgeloopError
+
+log = logging.getLogger("edgeloop.sync-worker")
+
+# A record's stream decides its fate when space runs out: inferences are the bulk and the least
+# precious (capped, evicted first); events are kept longest; hard examples are a bounded local
+# store that uploads when the link allows.
+STREAM_POLICIES = {
+    "inferences": {"priority": 0, "max_rows": 100_000},
+    "telemetry": {"priority": 1, "max_rows": 20_000},
+    "events": {"priority": 5},
+    "hard-examples": {"priority": -1, "max_rows": 1000, "max_bytes": 16 * 1024 * 1024},
+}
+
+
+INDEX_BATCH = 256  # vectors stored in one transaction, or
+INDEX_GATHER_S = 0.2  # after this long with none arriving
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    data_dir: str
+    device: str
+    fleet: str
+    broker: str = ""  # HOST[:PORT]; empty: records wait in the outbox
+    nice: int = 10  # added to the child's niceness: inference keeps the CPU first
+    index_max_items: int = 50_000  # per collection; the oldest go first
+    drain_per_s: float = 0.0  # a cap on the drain's records per second (0: none)
+
+
+def _error(exc: BaseException) -> list[Any]:
+    if isinstance(exc, EdgeloopError):
+        return [type(exc).__name__, exc.problem, exc.fix]
+    return [type(exc).__name__, str(exc), None]
+
+
+def _raised(name: str, problem: str, fix: str | None) -> EdgeloopError:
+    from edgeloop.runtime.retrieval.errors import RetrievalError
+    from edgeloop.sync.outbox import OutboxError, OutboxFull
+
+    known = {c.__name__: c for c in (OutboxError, OutboxFull, ConfigError, RetrievalError)}
+    return known.get(name, EdgeloopError)(problem if name in known else f"{name}: {problem}", fix)
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+
+class _Server:
+    """In the child: one loop reads requests; the outbox's writer answers enqueues."""
+
+    def __init__(self, conn: Any, settings: SyncSettings) -> None:
+        from pathlib import Path
+
+        from edgeloop.runtime.retrieval import VectorIndex
+        from edgeloop.sync.outbox import Outbox, StreamPolicy
+
+        self.conn = conn
+        self.settings = settings
+        self.send_lock = threading.Lock()
+        data = Path(settings.data_dir)
+        self.outbox = Outbox(data / "outbox.db", settings.device,
+                             streams={k: StreamPolicy(**v) for k, v in STREAM_POLICIES.items()})
+        self.link: Any = None
+        if settings.broker:
+            from edgeloop.sync.link import LinkConfig, MqttLink, parse_broker
+
+            host, port = parse_broker(settings.broker)
+            self.link = MqttLink(self.outbox, LinkConfig(host, port, fleet=settings.fleet, device=settings.device,
+                                                              max_records_per_s=settings.drain_per_s))
+            self.link.start()
+        self.index = VectorIndex(data / "index.db")
+        self.index_pending: dict[tuple[str, str, str, int], tuple[list[Any], ...]] = {}
+        self.index_waiting = 0
+        self.index_errors = 0
+
+    def send(self, message: list[Any]) -> None:
+        data = msgpack.packb(message, use_bin_type=True)
+        with self.send_lock:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):  # the agent is gone; the records are stored all the same
+                pass
+
+    def serve(self) -> None:
+        self.send([0, True, {"salvage": self.outbox.salvage}])
+        while True:
+            try:
+                # Index writes wait here to be stored together: one transaction for many.
+                if self.index_waiting and not self.conn.poll(INDEX_GATHER_S):
+                    self.flush_index()
+                    continue
+                op, rid, *args = msgpack.unpackb(self.conn.recv_bytes(), raw=False)
+            except (EOFError, OSError):
+                self.close()  # the agent is gone: store and close what we hold
+                return
+            if op == "stop":
+                self.close()
+                self.send([rid, True, None])
+                return
+            try:
+                getattr(self, f"op_{op}")(rid, *args)
+            except Exception as exc:  # one bad request is answered; the worker goes on
+                self.send([rid, False, _error(exc)])
+
+    def op_enqueue(self, rid: int, items: list[list[Any]], priority: int | None, ttl_s: float | None,
+                   trace: str | None) -> None:
+        def done(result: Any) -> None:
+            if isinstance(result, BaseException):
+                self.send([rid, False, _error(result)])
+            else:
+                self.send([rid, True, [list(r) for r in result]])
+
+        self.outbox.enqueue_then([(s, b) for s, b in items], done, priority=priority, ttl_s=ttl_s, trace=trace)
+
+    def op_index(self, rid: int, name: str, model: str, version: str, ids: list[str], vectors: bytes,
+                 dim: int, labels: list[str | None], metadata: list[dict[str, Any]]) -> None:
+        batch = self.index_pending.setdefault((name, model, version, dim), ([], [], [], []))
+        for part, values in zip(batch, (ids, [vectors[i * dim * 4:(i + 1) * dim * 4] for i in range(len(ids))],
+                                        labels, metadata)):
+            part.extend(values)
+        self.index_waiting += len(ids)
+        if self.index_waiting >= INDEX_BATCH:
+            self.flush_index()
+
+    def flush_index(self) -> None:
+        import numpy as np
+
+        from edgeloop.runtime.retrieval.errors import UnknownCollection
+
+        pending, self.index_pending, self.index_waiting = self.index_pending, {}, 0
+        for (name, model, version, dim), (ids, vectors, labels, metadata) in pending.items():
+            try:
+                try:
+                    collection = self.index.collection(name, model=model, model_version=version)
+                except UnknownCollection:
+                    collection = self.index.create(name, dim, model=model, model_version=version)
+                collection.upsert(ids, np.frombuffer(b"".join(vectors), np.float32).reshape(len(ids), dim),
+                                  labels=labels, metadata=metadata)
+                over = len(collection) - self.settings.index_max_items
+                if over > 0:
+                    collection.delete(collection.oldest(over))
+            except Exception as exc:  # not waited for: said in the log and counted in stats
+                self.index_errors += 1
+                log.error("index: %d vector(s) for '%s' not stored: %s", len(ids), name, exc)
+
+    def op_stats(self, rid: int) -> None:
+        self.flush_index()
+        self.send([rid, True, {
+            "outbox": self.outbox.stats(),
+            "link": self.link.stats() if self.link is not None else None,
+            "index": {name: len(self.index.collection(name)) for name in self.index.names()},
+            "index_errors": self.index_errors}])
+
+    def close(self) -> None:
+        self.flush_index()
+        if self.link is not None:
+            self.link.stop()
+        self.outbox.close()
+        self.index.close()
+
+
+def _child_main(conn: Any, settings: SyncSettings) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if settings.nice:
+        os.nice(settings.nice)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = _Server(conn, settings)
+    except Exception as exc:  # e.g. an outbox that cannot be opened: the agent hears why
+        conn.send_bytes(msgpack.packb([0, False, _error(exc)], use_bin_type=True))
+        return
+    server.serve()
+
+
+# -- the agent's end -----------------------------------------------------------------------------
+
+
+class _Call:
+    __slots__ = ("event", "ok", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.ok = False
+        self.value: Any = None
+
+
+class SyncWorker:
+    """The outbox, link and index in a child process; see the module's docstring."""
+
+    def __init__(self, settings: SyncSettings, timeout_s: float = 60.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.restarts = 0
+        self.salvage: Any = None
+        self._ids = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._calls: dict[int, _Call] = {}
+        self._calls_lock = threading.Lock()
+        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # not fork: the agent has threads
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child_main, args=(child, self.settings), name="edgeloop-sync", daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        ready = _Call()
+        self._calls[0] = ready
+        self._reader = threading.Thread(target=self._read_loop, args=(parent,), name="sync-reader", daemon=True)
+        self._reader.start()
+        if not ready.event.wait(self.timeout_s) or not ready.ok:
+            self._proc.kill()
+            if ready.value is not None and isinstance(ready.value, list):
+                raise _raised(*ready.value)
+            raise EdgeloopError(f"the sync worker did not start (exit {self._proc.exitcode})",
+                                "see the log above for its error")
+        self.salvage = ready.value.get("salvage")
+
+    def _read_loop(self, conn: Any) -> None:
+        while True:
+            try:
+                rid, ok, value = msgpack.unpackb(conn.recv_bytes(), raw=False)
+            except (EOFError, OSError):
+                break
+            with self._calls_lock:
+                call = self._calls.pop(rid, None)
+            if call is not None:
+                call.ok, call.value = ok, value
+                call.event.set()
+        # The child is gone: nobody will answer those still waiting.
+        with self._calls_lock:
+            waiting, self._calls = list(self._calls.values()), {}
+        for call in waiting:
+            call.ok, call.value = False, ["OutboxError", "the sync worker exited before answering",
+                                          "retry: a new worker starts on the next call"]
+            call.event.set()
+
+    def _request(self, op: str, *args: Any, wait: bool = True) -> Any:
+        if self._closed:
+            from edgeloop.sync.outbox import OutboxError
+
+            raise OutboxError("the agent's outbox is closed", "open it again")
+        with self._send_lock:
+            if not self._proc.is_alive():
+                log.error("sync worker: exited with %s; starting a new one on the same files", self._proc.exitcode)
+                self.restarts += 1
+                self._start()
+            rid = next(self._ids)
+            call = _Call()
+            if wait:
+                with self._calls_lock:
+                    self._calls[rid] = call
+            self._conn.send_bytes(msgpack.packb([op, rid, *args], use_bin_type=True))
+        if not wait:
+            return None
+        if not call.event.wait(self.timeout_s):
+            from edgeloop.sync.outbox import OutboxError
+
+            raise OutboxError(f"the sync worker did not answer '{op}' within {self.timeout_s:.0f} s",
+                              "check the disk and the log; the record may or may not be stored")
+        if not call.ok:
+            raise _raised(*call.value)
+        return call.value
+
+    # -- the outbox's calls -------------------------------------------------------------------
+
+    def enqueue(self, stream: str, body: Any, *, priority: int | None = None, ttl_s: float | None = None,
+                trace: str | None = None) -> Any:
+        """Store one record durably; returns once it is on disk (``Enqueued``)."""
+        return self.enqueue_many([(stream, body)], priority=priority, ttl_s=ttl_s, trace=trace)[0]
+
+    def enqueue_many(self, items: Iterable[tuple[str, Any]], *, priority: int | None = None,
+                     ttl_s: float | None = None, trace: str | None = None) -> list[Any]:
+        from edgeloop.sync.outbox import Enqueued
+
+        rows = self._request("enqueue", [[s, b] for s, b in items], priority, ttl_s, trace)
+        return [Enqueued(*row) for row in rows]
+
+    def stats(self) -> dict[str, Any]:
+        """The outbox's stats; the link's under ``link`` (None without a broker), item counts
+        of the index's collections under ``index``."""
+        s = self._request("stats")
+        return {**s["outbox"], "link": s["link"], "index": s["index"], "index_errors": s["index_errors"],
+                "worker_restarts": self.restarts}
+
+    # -- the index ------------------------------------------------------------------------------
+
+    def index_add(self, collection: str, model: str, version: str, ids: list[str], vectors: Any,
+                  labels: list[str | None] | None = None, metadata: list[dict[str, Any]] | None = None) -> None:
+        """Vectors into the local retrieval index, not waited for (errors: log and stats)."""
+        import numpy as np
+
+        array = np.ascontiguousarray(vectors, np.float32).reshape(len(ids), -1)
+        self._request("index", collection, model, version, list(ids), array.tobytes(), int(array.shape[1]),
+                      list(labels or [None] * len(ids)), list(metadata or [{}] * len(ids)), wait=False)
+
+    def close(self) -> None:
+        """Stop the link (what is in flight stays stored), close the files, end the child."""
+        if self._closed:
+            return
+        try:
+            self._request("stop")
+        except EdgeloopError as exc:
+            log.error("sync worker: did not stop cleanly: %s", exc)
+        self._closed = True
+        self._proc.join(self.timeout_s)
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._conn.close()
