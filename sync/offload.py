@@ -34,10 +34,12 @@ log = logging.getLogger("edgeloop.offload")
 class Offloader:
     """The device end: ``request(task, source, timeout_s)`` → the regional answer (a dict)."""
 
-    def __init__(self, host: str, port: int, fleet: str, device: str) -> None:
+    def __init__(self, host: str, port: int, fleet: str, device: str, request_topic: str | None = None) -> None:
+        """``request_topic``: where requests go (default: this device's ``req``, which the
+        regional responders answer; a device agent answers on its ``req/infer``)."""
         self.fleet, self.device = fleet, device
         self.response_topic = topic(fleet, device, "res")
-        self.request_topic = topic(fleet, device, "req")
+        self.request_topic = request_topic or topic(fleet, device, "req")
         self.online = threading.Event()
         self._waiting: dict[bytes, tuple[threading.Event, list[Any]]] = {}
         self._lock = threading.Lock()
@@ -112,17 +114,20 @@ class OffloadRung(Rung):
 
 
 class Responder:
-    """The regional end: answers requests of ``fleet``'s devices with ``models[task](input)``
-    (each a callable returning a dict); ``share`` puts several responders on one shared
-    subscription."""
+    """Answers requests with ``models[task](input)`` (each a callable returning a dict). The
+    regional end answers ``fleet``'s devices (``share`` puts several responders on one shared
+    subscription); a device agent gives its own ``subscription``."""
+
+    MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
     def __init__(self, host: str, port: int, fleet: str, models: dict[str, Callable[[Any], dict[str, Any]]],
-                 share: str | None = None, client_id: str = "edgeloop-responder") -> None:
+                 share: str | None = None, client_id: str = "edgeloop-responder",
+                 subscription: str | None = None) -> None:
         self.models = models
         self.answered = 0
         self.failed = 0
         self.connected = threading.Event()
-        wanted = topic(fleet, "+", "req")
+        wanted = subscription or topic(fleet, "+", "req")
         self._subscription = f"$share/{share}/{wanted}" if share else wanted
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self._client.on_connect = self._on_connect
@@ -146,10 +151,17 @@ class Responder:
             self.failed += 1
             return  # not a request we can answer
         try:
+            if len(message.payload) > self.MAX_REQUEST_BYTES:
+                raise ValueError(f"the request is {len(message.payload)} bytes; at most {self.MAX_REQUEST_BYTES} "
+                                 "are taken: send a smaller image")
             request = msgpack.unpackb(message.payload, raw=False)
+            if not isinstance(request, dict) or not isinstance(request.get("input"), bytes):
+                raise ValueError("a request is a msgpack map {task, input: bytes, kind}")
             model = self.models.get(request.get("task"))
             if model is None:
-                answer = {"ok": False, "error": f"no model for task {request.get('task')!r} here"}
+                self.failed += 1
+                answer = {"ok": False, "error": f"no model for task {request.get('task')!r} here; "
+                                                f"tasks: {', '.join(sorted(self.models))}"}
             else:
                 answer = {"ok": True, "result": model(from_bytes(request["input"], request.get("kind", "png")))}
                 self.answered += 1

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+from pathlib import Path
+
 import apsw
 import pytest
 
@@ -91,6 +93,57 @@ def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, 
     events = [msgpack.unpackb(b) for (b,) in regional.db.execute("SELECT body FROM records WHERE stream='events'")]
     faults = [e["args"].get("fault") for e in events if e.get("command") == "motor"]
     assert "bearing" in faults, events  # the vibration model named the fault that stopped the motor
+
+
+def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused(tmp_path, broker, regional):
+    import numpy as np
+
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.agent.agent import bundled_samples
+    from edgeloop.runtime.engine import Engine, EngineConfig
+    from edgeloop.sync.link import topic
+    from edgeloop.sync.offload import Offloader
+    from edgeloop.tools.demo_data import vibration_windows
+
+    config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
+                                  "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
+                                  "EDGELOOP_METRICS_PORT": "-1"})
+    asker = Offloader("127.0.0.1", broker.port, "f1", "tester", request_topic=topic("f1", "gw-1", "req/infer"))
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        agent = Agent(config, engine).start()
+        try:
+            wait_for(lambda: asker.online.is_set() and agent.responder.connected.is_set()
+                     and agent.classify_window is not None, 20, "the agent answering")
+            for digit in (3, 8):
+                answer = asker.request("digits", bundled_samples() / f"digit_{digit}.png", 5.0)
+                assert answer["label"] == str(digit) and answer["rung"] == "cpu" and len(answer["trace"]) == 16
+            windows, classes = vibration_windows(8, seed=5, classes=(1, 3))
+            labels = (Path(__file__).resolve().parent.parent / "models" / "vibration_labels.txt").read_text().split()
+            for window, c in zip(windows, classes):
+                assert asker.request("vibration", window, 5.0)["label"] == labels[c]
+            from edgeloop.runtime.watchdog.rungs import RungFailed
+
+            refusals = [("nope", bundled_samples() / "digit_1.png", "no model for task 'nope'"),
+                        ("digits", np.zeros(4), "takes an image"),
+                        ("vibration", np.zeros(3, np.int16), "does not fit"),
+                        ("digits", b"not an image", "UnidentifiedImageError")]
+            for task, source, why in refusals:
+                with pytest.raises(RungFailed, match=why):
+                    asker.request(task, source, 5.0)
+            assert asker.request("digits", bundled_samples() / "digit_5.png", 5.0)["label"] == "5"  # still serving
+            assert agent.status()["requests"] == {"answered": 11, "failed": 4}
+        finally:
+            agent.stop()
+            asker.close()
+    import msgpack
+
+    def answered_at_the_edge() -> list[dict]:
+        bodies = (msgpack.unpackb(b) for (b,) in regional.db.execute(
+            "SELECT body FROM records WHERE stream='inferences' AND trace IS NOT NULL"))
+        return [b for b in bodies if b.get("source") == "mqtt"]
+
+    wait_for(lambda: len(answered_at_the_edge()) == 11, 20, "the answered requests recorded at the regional edge")
+    assert {b["task"] for b in answered_at_the_edge()} == {"digits", "vibration"}
 
 
 def test_desired_config_over_mqtt_is_merged_applied_reported_and_an_invalid_one_rejected(tmp_path, broker):

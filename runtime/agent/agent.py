@@ -6,6 +6,10 @@
 - MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
   configured) through the closed loop; a peak over the threshold stops the motor; commands,
   MCU events and link telemetry go to the outbox.
+- Requests: with a broker, MQTT 5 requests on ``edgeloop/v1/{fleet}/{device}/req/infer``
+  (msgpack ``{task, input, kind}``, answered on the response topic with the correlation data;
+  ``Offloader(request_topic=...)`` sends them) for the camera's model (through its ladder) and
+  the MCU's (a window of samples as ``.npy``). Each is recorded like a camera inference.
 - Sinks: the durable outbox under ``data_dir``, drained to ``broker`` when one is set, and the
   local retrieval index (embeddings of every ``camera.index_every``-th frame and of alerts),
   both kept by the sync worker, a child process (``sync_worker.py``).
@@ -62,6 +66,8 @@ class Agent:
         self.sim: Any = None
         self.loop: Any = None
         self.remote: Any = None
+        self.responder: Any = None
+        self.classify_window: Any = None
         self.drift: Any = None
         self.mcu_ladder: Any = None
         self.metrics_server: Any = None
@@ -90,6 +96,8 @@ class Agent:
         self._start_camera()
         if c.mcu.enabled:
             self._start_mcu()
+        if c.broker and c.answer_requests:
+            self._start_requests(host, port)
         self._spawn(self._status_loop, "status")
         if c.metrics_port >= 0:
             from .metrics import serve_metrics
@@ -120,6 +128,8 @@ class Agent:
         self.stopping.set()
         if self.remote is not None:
             self.remote.stop()
+        if self.responder is not None:
+            self.responder.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         for t in [*self._threads, *self._part_thread.values()]:
@@ -227,6 +237,53 @@ class Agent:
             example["image"] = path.read_bytes()
         self.outbox.enqueue("hard-examples", example, trace=trace)
 
+    # -- inference requests over MQTT ---------------------------------------------------
+
+    def _start_requests(self, host: str, port: int) -> None:
+        from edgeloop.sync.link import topic
+        from edgeloop.sync.offload import Responder
+
+        c = self.config
+        tasks = {c.camera.model: self._answer_image}
+        if c.mcu.enabled and c.mcu.model:
+            tasks[c.mcu.model] = self._answer_window
+        self.responder = Responder(host, port, c.fleet, tasks, client_id=f"edgeloop-{c.fleet}-{c.device}-requests",
+                                   subscription=topic(c.fleet, c.device, "req/infer")).start()
+
+    def _record_request(self, task: str, rung: str, latency_ms: float, top: Any) -> dict[str, Any]:
+        trace = os.urandom(8).hex()
+        record = {"source": "mqtt", "task": task, "rung": rung, "latency_ms": round(latency_ms, 3),
+                  "label": top.label if top else None, "score": round(top.score, 4) if top else None}
+        self.inferences += 1
+        self.latencies_ms.append(latency_ms)
+        self.outbox.enqueue("inferences", record, trace=trace)
+        return {**record, "trace": trace}
+
+    def _answer_image(self, image: Any) -> dict[str, Any]:
+        from edgeloop.runtime.errors import InputError
+
+        if isinstance(image, np.ndarray) or isinstance(image, str):
+            raise InputError("the camera's model takes an image", "send PNG or JPEG bytes with kind 'png' or 'jpg'")
+        served = self.ladder.serve(image)
+        top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
+        return self._record_request(self.config.camera.model, served.rung, served.latency_ms, top)
+
+    def _answer_window(self, samples: Any) -> dict[str, Any]:
+        from edgeloop.runtime.errors import InputError
+
+        classify = self.classify_window
+        if classify is None:
+            raise InputError("the MCU's model is not running", "enable [mcu] with a model")
+        if not isinstance(samples, np.ndarray) or samples.ndim != 1:
+            raise InputError("a window is a 1-D array of samples", "send numpy.save bytes with kind 'npy'")
+        start = time.perf_counter()
+        top = classify(samples.tolist())
+        if top is None:
+            raise InputError(f"a window of {samples.size} samples does not fit the model",
+                             "send as many samples as the MCU's windows hold")
+        return self._record_request(self.config.mcu.model, self.mcu_ladder.stats()["rung"],
+                                    (time.perf_counter() - start) * 1000.0, top)
+
     # -- the MCU -----------------------------------------------------------------------
 
     def _start_mcu(self) -> None:
@@ -243,7 +300,7 @@ class Agent:
             url = str(self.sim.link)
         self.mcu = McuLink(LinkConfig(url)).start()
 
-        classify = self._window_classifier(m) if m.model else None
+        classify = self.classify_window = self._window_classifier(m) if m.model else None
 
         def decide(window: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
             if classify is not None:
@@ -330,7 +387,7 @@ class Agent:
                 self.sim.close()
             if self.mcu_ladder is not None:
                 self.mcu_ladder.close()
-            self.mcu = self.sim = self.loop = self.mcu_ladder = None
+            self.mcu = self.sim = self.loop = self.mcu_ladder = self.classify_window = None
             self._part_stop[part].clear()
             if self.config.mcu.enabled:
                 self._start_mcu()
@@ -348,6 +405,8 @@ class Agent:
             "link": sync["link"]["state"] if sync["link"] is not None else "none (records wait in the outbox)",
             "index_items": sum(sync["index"].values()),
             "rung": self.ladder.stats()["rung"] if self.ladder is not None else None,
+            "requests": {"answered": self.responder.answered, "failed": self.responder.failed}
+            if self.responder is not None else None,
             "drift": {k: round(v, 3) for k, v in self.drift.scores().items()} if self.drift is not None else {}}
         if lat is not None:
             p50, p95, p99 = np.percentile(lat, [50, 95, 99])

@@ -12,6 +12,7 @@ device_power_w = 5.0               # energy per inference when RAPL cannot be re
 price_per_kwh = 0.30
 sync_nice = 10                     # the sync worker (outbox drain, index writes) yields the CPU to inference
 drain_per_s = 50000.0              # at most this many records/s when catching up (0: no cap)
+answer_requests = true             # with a broker: answer MQTT 5 requests on edgeloop/v1/{fleet}/{device}/req/infer
 
 [camera]                           # an image folder replayed as a camera
 folder = ""                        # empty: the bundled digit samples
@@ -85,6 +86,7 @@ class AgentConfig:
     device_power_w: float = 5.0  # for energy per inference where RAPL is not readable
     price_per_kwh: float = 0.30  # for the cost per million inferences
     sync_nice: int = 10  # niceness added to the sync worker (outbox drain, index writes): inference first
+    answer_requests: bool = True  # answer inference requests on edgeloop/v1/{fleet}/{device}/req/infer
     drain_per_s: float = 50_000.0  # records/s the outbox drains at most (0: no cap); catch-up leaves CPU to inference
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
