@@ -16,6 +16,7 @@ import pytest
 from conftest import SHARED, wait_for
 from edgeloop.runtime.agent import Agent, load_config
 from edgeloop.runtime.errors import ConfigError
+from edgeloop.sync.outbox import Outbox
 from test_cli import EDGELOOP
 
 
@@ -144,6 +145,51 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
 
     wait_for(lambda: len(answered_at_the_edge()) == 11, 20, "the answered requests recorded at the regional edge")
     assert {b["task"] for b in answered_at_the_edge()} == {"digits", "vibration"}
+
+
+def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tmp_path):
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.engine import Engine, EngineConfig
+    from edgeloop.runtime.watchdog.faults import FaultyModel
+
+    class FaultyPrimary:  # the engine, with a fault switch on the camera's primary model
+        def __init__(self, engine):
+            self.engine, self.primary = engine, None
+
+        def load(self, name):
+            model = self.engine.load(name)
+            if name == "digits":
+                self.primary = FaultyModel(model)
+                return self.primary
+            return model
+
+    config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
+                                  "EDGELOOP_METRICS_PORT": "-1"})
+    from dataclasses import replace
+
+    config = replace(config, camera=replace(config.camera, fps=50.0), mcu=replace(config.mcu, enabled=False))
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        faulty = FaultyPrimary(engine)
+        agent = Agent(config, faulty).start()
+        try:
+            wait_for(lambda: agent.inferences >= 5 and agent.status()["rung"] == "cpu", 20, "the model serving")
+            faulty.primary.fail()
+            wait_for(lambda: agent.status()["rung"] == "small", 10, "a step down to digits_small")
+            served = agent.inferences
+            wait_for(lambda: agent.inferences >= served + 10, 10, "serving on the fallback")
+            faulty.primary.heal()
+            wait_for(lambda: agent.status()["rung"] == "cpu", 30, "a step back up")
+        finally:
+            agent.stop()
+    import msgpack
+
+    with Outbox(tmp_path / "data" / "outbox.db", "gw-1") as box:
+        records = box.next_batch(max_bytes=1 << 30, max_records=100_000, live_share=0)
+    events = [msgpack.unpackb(r["body"]) for r in records if r["stream"] == "events"]
+    rungs = {msgpack.unpackb(r["body"])["rung"] for r in records if r["stream"] == "inferences"}
+    ladder = [(e["from"], e["to"]) for e in events if e.get("kind") == "ladder"]
+    assert ("cpu", "small") in ladder and ("small", "cpu") in ladder, events
+    assert {"cpu", "small"} <= rungs  # every answer says which rung gave it
 
 
 def test_desired_config_over_mqtt_is_merged_applied_reported_and_an_invalid_one_rejected(tmp_path, broker):

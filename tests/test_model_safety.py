@@ -90,7 +90,7 @@ def test_wrong_sha256_is_an_integrity_error(engine, tmp_path, backend_name):
 
 
 def test_unknown_model_name(engine):
-    with pytest.raises(ModelNotFound, match=r"no model named 'nope' \(registered: digits, embedder, lstm_mnist, "
+    with pytest.raises(ModelNotFound, match=r"no model named 'nope' \(registered: digits, digits_small, embedder, lstm_mnist, "
                                             r"mobilenet_v1_025, mobilenet_v2, vibration, vibration_small\) and no such file"):
         engine.load("nope")
 

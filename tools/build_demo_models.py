@@ -49,79 +49,90 @@ def int8_tflite(model: object, representative: object, io_type: object) -> bytes
     return converter.convert()
 
 
-def build_digits(out: Path) -> dict[str, object]:
+DIGITS_MODELS = (("digits", (16, 32, 64)), ("digits_small", (8, 16, 32)))  # the camera's primary and fallback
+
+
+def build_digits(out: Path) -> dict[str, dict[str, object]]:
+    """The camera's models: ``digits`` (three strided convolutions) and the smaller fallback
+    ``digits_small`` (two), each with the class scores and the pooled features as outputs."""
     import tensorflow as tf
 
-    tf.keras.utils.set_random_seed(SEED)
-    tf.config.experimental.enable_op_determinism()
     x8, y, hx8, hy = _split()
     x = digits_to_images(x8)[..., None].astype(np.float32) / 255.0
-    image = tf.keras.layers.Input((DIGITS_SIZE, DIGITS_SIZE, 1))
-    h = tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(image)
-    h = tf.keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(h)
-    h = tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu")(h)
-    features = tf.keras.layers.GlobalAveragePooling2D()(h)
-    probs = tf.keras.layers.Dense(10, activation="softmax")(features)
-    classifier = tf.keras.Model(image, probs)
-    classifier.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
-                       metrics=["accuracy"])
-    classifier.fit(x, y, epochs=60, batch_size=32, verbose=0, shuffle=True)
-    # The file has two outputs: the class scores and the pooled features as an embedding for
-    # the retrieval index (imprinting new classes on the device).
-    model = tf.keras.Model(image, [probs, features])
-
-    def representative():
-        for image in x[:300]:
-            yield [image[None]]
-
-    blob = int8_tflite(model, representative, tf.uint8)
-    path = out / "digits.tflite"
-    path.write_bytes(blob)
+    hx = digits_to_images(hx8)
     np.savez_compressed(out / "samples" / "digits_holdout.npz", digits8=hx8.astype(np.uint8),
                         labels=hy.astype(np.uint8))
     (out / "digits_labels.txt").write_text("\n".join(str(d) for d in range(10)) + "\n")
+    built = {}
+    for name, channels in DIGITS_MODELS:
+        tf.keras.backend.clear_session()  # layer names (in the file) must not depend on what was built before
+        tf.keras.utils.set_random_seed(SEED)
+        tf.config.experimental.enable_op_determinism()
+        image = tf.keras.layers.Input((DIGITS_SIZE, DIGITS_SIZE, 1))
+        h = image
+        for c in channels:
+            h = tf.keras.layers.Conv2D(c, 3, strides=2, padding="same", activation="relu")(h)
+        features = tf.keras.layers.GlobalAveragePooling2D()(h)
+        probs = tf.keras.layers.Dense(10, activation="softmax")(features)
+        classifier = tf.keras.Model(image, probs)
+        classifier.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
+                           metrics=["accuracy"])
+        classifier.fit(x, y, epochs=60, batch_size=32, verbose=0, shuffle=True)
+        # The file has two outputs: the class scores and the pooled features as an embedding for
+        # the retrieval index (imprinting new classes on the device).
+        model = tf.keras.Model(image, [probs, features])
 
-    # Accuracy of the INT8 file itself on the held-out split, through LiteRT.
-    from ai_edge_litert.interpreter import Interpreter
+        def representative():
+            for image in x[:300]:
+                yield [image[None]]
 
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
-    i = interp.get_input_details()[0]
-    outputs = interp.get_output_details()
-    shapes = [tuple(int(v) for v in d["shape"]) for d in outputs]
-    scores, embedding = (shapes.index((1, 10)), shapes.index((1, 64)))  # the converter picks the order
-    o = outputs[scores]
-    hx = digits_to_images(hx8)
-    predictions, confidences = [], []
-    start = time.perf_counter()
-    for image in hx:
-        interp.set_tensor(i["index"], image[None, ..., None])
-        interp.invoke()
-        probs = interp.get_tensor(o["index"])[0]
-        predictions.append(int(probs.argmax()))
-        scale, zero = o["quantization"]
-        confidences.append((float(probs.max()) - zero) * scale)  # dequantized, as the engine reports it
-    latency_ms = (time.perf_counter() - start) * 1000.0 / len(hx)
-    accuracy = float(np.mean(np.asarray(predictions) == hy))
-    samples = []
-    from PIL import Image
+        blob = int8_tflite(model, representative, tf.uint8)
+        path = out / f"{name}.tflite"
+        path.write_bytes(blob)
 
-    for digit in range(10):
-        n = int(np.flatnonzero(hy == digit)[0])
-        name = f"samples/digit_{digit}.png"
-        Image.fromarray(hx[n], "L").save(out / name)
-        # The golden output is what this INT8 file answered at build time (a regression
-        # check); the card lists any sample where that differs from the true digit.
-        samples.append((name, predictions[n], digit))
-    from edgeloop.runtime.drift import histogram
+        # Accuracy of the INT8 file itself on the held-out split, through LiteRT.
+        from ai_edge_litert.interpreter import Interpreter
 
-    baseline = {"brightness": histogram(hx.reshape(len(hx), -1).mean(axis=1) / 255.0),
-                "confidence": histogram(confidences)}
-    return {"file": path.name, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob),
+        interp = Interpreter(model_path=str(path), num_threads=1)
+        interp.allocate_tensors()
+        i = interp.get_input_details()[0]
+        outputs = interp.get_output_details()
+        shapes = [tuple(int(v) for v in d["shape"]) for d in outputs]
+        scores, embedding = (shapes.index((1, 10)), shapes.index((1, channels[-1])))  # the converter picks the order
+        o = outputs[scores]
+        predictions, confidences = [], []
+        start = time.perf_counter()
+        for image in hx:
+            interp.set_tensor(i["index"], image[None, ..., None])
+            interp.invoke()
+            probs = interp.get_tensor(o["index"])[0]
+            predictions.append(int(probs.argmax()))
+            scale, zero = o["quantization"]
+            confidences.append((float(probs.max()) - zero) * scale)  # dequantized, as the engine reports it
+        latency_ms = (time.perf_counter() - start) * 1000.0 / len(hx)
+        accuracy = float(np.mean(np.asarray(predictions) == hy))
+        samples = []
+        from PIL import Image
+
+        for digit in range(10):
+            n = int(np.flatnonzero(hy == digit)[0])
+            sample = f"samples/digit_{digit}.png"
+            Image.fromarray(hx[n], "L").save(out / sample)
+            # The golden output is what this INT8 file answered at build time (a regression
+            # check); the card lists any sample where that differs from the true digit.
+            samples.append((sample, predictions[n], digit))
+        from edgeloop.runtime.drift import histogram
+
+        baseline = {"brightness": histogram(hx.reshape(len(hx), -1).mean(axis=1) / 255.0),
+                    "confidence": histogram(confidences)}
+        built[name] = {
+            "file": path.name, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob),
             "baseline": "\n".join(f"{k} = [{', '.join(f'{v:.4f}' for v in vals)}]" for k, vals in baseline.items()),
-            "scores": scores, "embedding": embedding,
+            "scores": scores, "embedding": embedding, "width": channels[-1],
+            "layers": f"{len(channels)} strided 3x3 convolutions ({'/'.join(map(str, channels))} channels)",
             "accuracy": accuracy, "holdout": len(hy), "latency_ms": latency_ms, "samples": samples,
             "tensorflow": tf.__version__}
+    return built
 
 
 def build_vibration(out: Path) -> dict[str, dict[str, object]]:
@@ -141,6 +152,7 @@ def build_vibration(out: Path) -> dict[str, dict[str, object]]:
     x, hx = vibration_features(train_counts), vibration_features(hold_counts)
     built = {}
     for name, convs, width in (("vibration", ((16, 7, 2), (32, 5, 2)), 32), ("vibration_small", ((8, 9, 4),), 8)):
+        tf.keras.backend.clear_session()  # layer names (in the file) must not depend on what was built before
         tf.keras.utils.set_random_seed(SEED)
         window = tf.keras.layers.Input((x.shape[1], 1))
         h = window
@@ -194,6 +206,7 @@ def build_multi_io(out: Path) -> dict[str, object]:
     and ``joined = concat(a, 2 * b)``; exact functions, so dequantized outputs can be checked."""
     import tensorflow as tf
 
+    tf.keras.backend.clear_session()  # layer names (in the file) must not depend on what was built before
     tf.keras.utils.set_random_seed(SEED)
     a = tf.keras.layers.Input((4,), name="a")
     b = tf.keras.layers.Input((4,), name="b")
@@ -212,29 +225,31 @@ def build_multi_io(out: Path) -> dict[str, object]:
     return {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
 
 
-MANIFEST = """\
+MANIFEST_HEAD = """\
 # The project's own demo models, built by `python -m edgeloop.tools.build_demo_models`.
 # Format: see models/manifest.py.
 schema = 1
+"""
 
-[models.digits]
+DIGITS_ENTRY = """
+[models.{name}]
 version = "1.0.0"
 task = "classification"
 file = "{file}"
 sha256 = "{sha256}"
-card = "cards/digits.md"
+card = "cards/{name}.md"
 accuracy = {accuracy:.6f}
 
-[models.digits.baseline]
+[models.{name}.baseline]
 {baseline}
 
-[models.digits.input]
+[models.{name}.input]
 layout = "NHWC"
 color = "GRAY"
 resize = "area"
 dtype = "uint8"
 
-[models.digits.output]
+[models.{name}.output]
 decode = "classification"
 labels = "digits_labels.txt"
 index = {scores}
@@ -242,13 +257,13 @@ embedding = {embedding}
 {golden}"""
 
 CARD = """\
-# digits (INT8 demo classifier)
+# {name} (INT8 demo classifier)
 
-- Task: classify a grey 32x32 image of a handwritten digit (0-9). The camera-style demo.
+- Task: classify a grey 32x32 image of a handwritten digit (0-9). The camera-style demo{role}.
 - Data: scikit-learn's bundled `load_digits` (1,797 8x8 images), upscaled to 32x32 bilinearly;
   80/20 split with seed {seed}; the held-out 20% ({holdout} images) is in `samples/digits_holdout.npz`.
-- Model: 3 strided 3x3 convolutions (16/32/64 channels), global average pooling, dense softmax.
-  Output {scores}: the 10 class scores; output {embedding}: the 64 pooled features, an embedding for
+- Model: {layers}, global average pooling, dense softmax.
+  Output {scores}: the 10 class scores; output {embedding}: the {width} pooled features, an embedding for
   the retrieval index (`LoadedModel.embed`).
 - Quantization: full INT8 post-training quantization, representative set of 300 training images;
   uint8 input and output.
@@ -309,21 +324,26 @@ def main(argv: list[str] | None = None) -> int:
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "cards").mkdir(exist_ok=True)
     print("building digits ...", file=sys.stderr)
-    d = build_digits(out)
-    golden = "".join(f'\n[[models.digits.golden]]\ninput = "{name}"\ntop1 = {predicted}\n'
-                     for name, predicted, _ in d["samples"])
-    wrong = [f"{name} (a {truth}, answered {predicted})" for name, predicted, truth in d["samples"]
-             if predicted != truth]
-    d["misread_samples"] = ", ".join(wrong) or "none"
+    digits = build_digits(out)
+    for name, d in digits.items():
+        # Goldens for the primary only: the fallback's answers are checked by its accuracy.
+        d["golden"] = "".join(f'\n[[models.{name}.golden]]\ninput = "{sample}"\ntop1 = {predicted}\n'
+                              for sample, predicted, _ in d["samples"]) if name == "digits" else ""
+        wrong = [f"{sample} (a {truth}, answered {predicted})" for sample, predicted, truth in d["samples"]
+                 if predicted != truth]
+        d["misread_samples"] = ", ".join(wrong) or "none"
+        d["role"] = "" if name == "digits" else "; the smaller fallback of `digits` on the camera's ladder"
     print("building vibration ...", file=sys.stderr)
     vib = build_vibration(out)
-    (out / "manifest.toml").write_text(MANIFEST.format(golden=golden, **d)
+    (out / "manifest.toml").write_text(MANIFEST_HEAD
+                                       + "".join(DIGITS_ENTRY.format(name=n, **d) for n, d in digits.items())
                                        + "".join(VIBRATION_ENTRY.format(name=n, **v) for n, v in vib.items()))
     for n, v in vib.items():
         (out / "cards" / f"{n}.md").write_text(VIBRATION_CARD.format(name=n, seed=SEED, **v))
         print(json.dumps({n: {k: x for k, x in v.items() if k != "baseline"}}, indent=2))
-    (out / "cards" / "digits.md").write_text(CARD.format(seed=SEED, **d))
-    print(json.dumps({k: v for k, v in d.items() if k not in ("samples", "baseline")}, indent=2))
+    for n, d in digits.items():
+        (out / "cards" / f"{n}.md").write_text(CARD.format(name=n, seed=SEED, **d))
+        print(json.dumps({n: {k: v for k, v in d.items() if k not in ("samples", "baseline", "golden")}}, indent=2))
     args.test_out.mkdir(parents=True, exist_ok=True)
     print("building the multi-input/output test model ...", file=sys.stderr)
     print(json.dumps(build_multi_io(args.test_out), indent=2))

@@ -1,7 +1,7 @@
 """The device agent: sources → ladder → decisions → sinks.
 
-- Camera: an image folder replayed at ``fps`` through a degradation ladder (the model, the
-  cache, a default); every inference goes to the outbox stream ``inferences`` and an alert
+- Camera: an image folder replayed at ``fps`` through a degradation ladder (the model, its
+  smaller fallback, the cache, a default); every inference goes to the outbox stream ``inferences`` and an alert
   label to ``events``, each with a trace id made at the source.
 - MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
   configured) through the closed loop; a peak over the threshold stops the motor; commands,
@@ -175,7 +175,10 @@ class Agent:
                 self.outbox.enqueue("events", {**event, "model": cam.model})
 
             self.drift = DriftMonitor(model.entry.baseline, on_drift=drifted)
-        self.ladder = Ladder("camera", [ModelRung("cpu", model, hang_s=1.0), CacheRung(), DefaultRung(None)],
+        rungs = [ModelRung("cpu", model, hang_s=1.0)]
+        if cam.fallback:
+            rungs.append(ModelRung("small", self.engine.load(cam.fallback), hang_s=1.0, degraded=True))
+        self.ladder = Ladder("camera", [*rungs, CacheRung(), DefaultRung(None)],
                              LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
                              on_event=lambda event: self.outbox.enqueue("events", {"kind": "ladder", **event}))
         self._spawn(self._camera_loop, "camera")
@@ -345,7 +348,7 @@ class Agent:
     # -- configuration changes -----------------------------------------------------------
 
     FIXED = ("device", "fleet", "data_dir", "broker", "group")  # set where the agent starts
-    RESTART = {"camera": ("model", "folder", "deadline_ms"),
+    RESTART = {"camera": ("model", "fallback", "folder", "deadline_ms"),
                "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
 
     def apply(self, table: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ answer_requests = true             # with a broker: answer MQTT 5 requests on ed
 folder = ""                        # empty: the bundled digit samples
 fps = 5.0
 model = "digits"
+fallback = "digits_small"          # the smaller model the ladder steps down to ("" for none)
 deadline_ms = 100.0
 alert_labels = ["7"]               # an event for these labels (threshold: min_score)
 min_score = 0.5
@@ -54,6 +55,7 @@ class CameraConfig:
     folder: str = ""
     fps: float = 5.0
     model: str = "digits"
+    fallback: str = "digits_small"  # the ladder's next rung when the model hangs, fails or is slow ("" for none)
     deadline_ms: float = 100.0
     alert_labels: tuple[str, ...] = ("7",)
     min_score: float = 0.5
