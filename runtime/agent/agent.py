@@ -1,6 +1,6 @@
 """The device agent: sources → ladder → decisions → sinks.
 
-- Camera: an image folder replayed at ``fps`` through a degradation ladder (the model, its
+- Camera: an image folder replayed at ``fps`` (or a V4L2 camera through OpenCV, ``camera.device``) through a degradation ladder (the model, its
   smaller fallback, the cache, a default); every inference goes to the outbox stream ``inferences`` and an alert
   label to ``events``, each with a trace id made at the source.
 - MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
@@ -67,6 +67,7 @@ class Agent:
         self.loop: Any = None
         self.remote: Any = None
         self.responder: Any = None
+        self.camera: Any = None  # a source from .sources: the image folder or a V4L2 camera
         self.classify_window: Any = None
         self.drift: Any = None
         self.mcu_ladder: Any = None
@@ -142,6 +143,8 @@ class Agent:
         for ladder in (self.ladder, self.mcu_ladder):
             if ladder is not None:
                 ladder.close()
+        if self.camera is not None:
+            self.camera.close()
         if self.outbox is not None:
             self.outbox.close()
 
@@ -158,13 +161,10 @@ class Agent:
     def _start_camera(self) -> None:
         from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
 
-        cam = self.config.camera
-        folder = Path(cam.folder).expanduser() if cam.folder else bundled_samples()
-        self.images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-        if not self.images:
-            from edgeloop.runtime.errors import ConfigError
+        from .sources import open_camera
 
-            raise ConfigError(f"camera.folder: no images in {folder}", "point it at a folder of PNG/JPEG/BMP files")
+        cam = self.config.camera
+        self.camera = open_camera(cam.device, cam.folder, bundled_samples())
         model = self.engine.load(cam.model)
         self.drift = None
         if model.entry.baseline:
@@ -184,32 +184,32 @@ class Agent:
         self._spawn(self._camera_loop, "camera")
 
     def _camera_loop(self) -> None:
-        from PIL import Image
-
         from edgeloop.runtime.drift import features as drift_features
 
         next_at = time.monotonic()
-        n = 0
         while self._running("camera"):
             cam = self.config.camera  # read each time: thresholds and rate change live
             period = 1.0 / cam.fps
-            path = self.images[n % len(self.images)]
-            n += 1
+            frame = self.camera.read()
+            if frame is None:  # the camera is being opened again (said in the log)
+                self.stopping.wait(min(period, 0.1))
+                next_at = time.monotonic()
+                continue
             trace = os.urandom(8).hex()  # made at the source, carried in the envelope to the regional edge
-            image = Image.open(path)
+            image = frame.image
             served = self.ladder.serve(image)
             self.inferences += 1
             if self.inferences == 1:
-                log.info("first result: %s from %s", served.rung, path.name)
+                log.info("first result: %s from %s", served.rung, frame.name)
             self.latencies_ms.append(served.latency_ms)
             top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
-            record = {"source": path.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
+            record = {"source": frame.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
                       "label": top.label if top else None, "score": round(top.score, 4) if top else None}
             if self.drift is not None:
                 self.drift.add(drift_features(image, served.result))
             self.outbox.enqueue("inferences", record, trace=trace)
             if top is not None and top.score < cam.hard_below:
-                self._hard_example(image, path, record, trace)
+                self._hard_example(frame, record, trace)
             alert = top is not None and top.label in cam.alert_labels and top.score >= cam.min_score
             if alert:
                 self.alerts += 1
@@ -228,16 +228,16 @@ class Agent:
         self.outbox.index_add(model.name, model.name, model.entry.version, [trace], [model.embed(image).vector],
                               [record["label"]])
 
-    def _hard_example(self, image: Any, path: Path, record: dict[str, Any], trace: str) -> None:
+    def _hard_example(self, frame: Any, record: dict[str, Any], trace: str) -> None:
         """Features and the embedding always; the raw image only when the config allows."""
         from edgeloop.runtime.drift import features
 
-        example: dict[str, Any] = {**record, "features": features(image, None)}
+        example: dict[str, Any] = {**record, "features": features(frame.image, None)}
         model = self.ladder.rungs[0].model
         if model.entry.output.embedding is not None:
-            example["embedding"] = model.embed(image).vector.astype("float16").tobytes()
+            example["embedding"] = model.embed(frame.image).vector.astype("float16").tobytes()
         if self.config.camera.upload_raw:
-            example["image"] = path.read_bytes()
+            example["image"] = frame.raw()
         self.outbox.enqueue("hard-examples", example, trace=trace)
 
     # -- inference requests over MQTT ---------------------------------------------------
@@ -348,7 +348,7 @@ class Agent:
     # -- configuration changes -----------------------------------------------------------
 
     FIXED = ("device", "fleet", "data_dir", "broker", "group")  # set where the agent starts
-    RESTART = {"camera": ("model", "fallback", "folder", "deadline_ms"),
+    RESTART = {"camera": ("model", "fallback", "folder", "device", "deadline_ms"),
                "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
 
     def apply(self, table: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +381,7 @@ class Agent:
             thread.join(10)
         if part == "camera":
             self.ladder.close()
+            self.camera.close()
             self._part_stop[part].clear()
             self._start_camera()
         else:

@@ -16,6 +16,7 @@ answer_requests = true             # with a broker: answer MQTT 5 requests on ed
 
 [camera]                           # an image folder replayed as a camera
 folder = ""                        # empty: the bundled digit samples
+device = ""                        # /dev/video0: a V4L2 camera through OpenCV (the `camera` extra) instead
 fps = 5.0
 model = "digits"
 fallback = "digits_small"          # the smaller model the ladder steps down to ("" for none)
@@ -53,6 +54,7 @@ except ImportError:  # Python 3.10
 @dataclass(frozen=True)
 class CameraConfig:
     folder: str = ""
+    device: str = ""  # a V4L2 camera (/dev/video0, or 0) through OpenCV instead of the folder
     fps: float = 5.0
     model: str = "digits"
     fallback: str = "digits_small"  # the ladder's next rung when the model hangs, fails or is slow ("" for none)
