@@ -41,9 +41,10 @@ class Mosquitto:
             + ("user root\n" if os.geteuid() == 0 else "") + extra)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Mosquitto":
+    def start(self, nice: int = 0) -> "Mosquitto":
+        """``nice``: run below the caller's priority, as a device-local broker should be."""
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, preexec_fn=(lambda: os.nice(nice)) if nice else None)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

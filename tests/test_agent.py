@@ -332,7 +332,7 @@ def test_bench_agent_reports_its_keys():
     from edgeloop.tools.bench_agent import bench_agent
 
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        r = bench_agent(engine, seconds=1.0, shared=SHARED)
+        r = bench_agent(engine, seconds=1.0, shared=SHARED, rounds=2)
     for key in ("startup_to_first_result_s", "max_rss_mb", "rss_with_children_mb", "inferences_per_s",
                 "loop_p99_ms", "invoke_p99_alone_ms", "invoke_p99_busy_ms", "p99_ratio_busy",
                 "p99_ratio_busy_mobilenet"):
@@ -340,3 +340,4 @@ def test_bench_agent_reports_its_keys():
     assert r["startup_to_first_result_s"] < 30 and r["loop_commands"] >= 1
     # the load really ran while the busy p99 was taken: a drain near the agent's cap, index writes
     assert r["busy_drained_per_s"] > 1000 and r["busy_indexed_per_s"] > 10
+    assert len(r["p99_ratio_busy_rounds_mobilenet"]) == 2

@@ -67,8 +67,10 @@ class AgentCollector:
         yield GaugeMetricFamily("edgeloop_inferences_per_second", "since start", value=a.inferences / elapsed)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         if a.inferences:
-            yield GaugeMetricFamily("edgeloop_cpu_seconds_per_inference", "process CPU time / inferences",
-                                    value=(usage.ru_utime + usage.ru_stime) / a.inferences)
+            worker = a.outbox.cpu_seconds() if a.outbox is not None else 0.0
+            yield GaugeMetricFamily("edgeloop_cpu_seconds_per_inference",
+                                    "CPU time of the agent and its sync worker / inferences",
+                                    value=(usage.ru_utime + usage.ru_stime + worker) / a.inferences)
         energy, source = self.energy_per_inference_j()
         src = GaugeMetricFamily("edgeloop_energy_source", "1 for where the energy figure comes from",
                                 labels=["source"])

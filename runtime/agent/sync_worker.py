@@ -19,12 +19,17 @@ its files when told to stop or when the pipe closes because the agent is gone.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Iterable
 
 import msgpack
@@ -80,8 +85,6 @@ class _Server:
     """In the child: one loop reads requests; the outbox's writer answers enqueues."""
 
     def __init__(self, conn: Any, settings: SyncSettings) -> None:
-        from pathlib import Path
-
         from edgeloop.runtime.retrieval import VectorIndex
         from edgeloop.sync.outbox import Outbox, StreamPolicy
 
@@ -190,12 +193,15 @@ class _Server:
         self.index.close()
 
 
-def _child_main(conn: Any, settings: SyncSettings) -> None:
+def _child_main(fd: int, settings: SyncSettings) -> None:
+    from multiprocessing.connection import Connection
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if settings.nice:
         os.nice(settings.nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    conn = Connection(fd)
     try:
         server = _Server(conn, settings)
     except Exception as exc:  # e.g. an outbox that cannot be opened: the agent hears why
@@ -232,21 +238,23 @@ class SyncWorker:
         self._start()
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # not fork: the agent has threads
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child_main, args=(child, self.settings), name="edgeloop-sync", daemon=True)
-        self._proc.start()
+        # A fresh interpreter on this module (not fork: the agent has threads; not
+        # multiprocessing's spawn, which re-imports the caller's __main__).
+        parent, child = socket.socketpair()
+        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno()),
+                                       json.dumps(asdict(self.settings))], pass_fds=(child.fileno(),))
         child.close()
-        self._conn = parent
+        self._conn = Connection(parent.detach())
         ready = _Call()
         self._calls[0] = ready
-        self._reader = threading.Thread(target=self._read_loop, args=(parent,), name="sync-reader", daemon=True)
+        self._reader = threading.Thread(target=self._read_loop, args=(self._conn,), name="sync-reader", daemon=True)
         self._reader.start()
         if not ready.event.wait(self.timeout_s) or not ready.ok:
             self._proc.kill()
+            self._proc.wait()
             if ready.value is not None and isinstance(ready.value, list):
                 raise _raised(*ready.value)
-            raise EdgeloopError(f"the sync worker did not start (exit {self._proc.exitcode})",
+            raise EdgeloopError(f"the sync worker did not start (exit {self._proc.returncode})",
                                 "see the log above for its error")
         self.salvage = ready.value.get("salvage")
 
@@ -275,8 +283,8 @@ class SyncWorker:
 
             raise OutboxError("the agent's outbox is closed", "open it again")
         with self._send_lock:
-            if not self._proc.is_alive():
-                log.error("sync worker: exited with %s; starting a new one on the same files", self._proc.exitcode)
+            if self._proc.poll() is not None:
+                log.error("sync worker: exited with %s; starting a new one on the same files", self._proc.returncode)
                 self.restarts += 1
                 self._start()
             rid = next(self._ids)
@@ -328,6 +336,14 @@ class SyncWorker:
         self._request("index", collection, model, version, list(ids), array.tobytes(), int(array.shape[1]),
                       list(labels or [None] * len(ids)), list(metadata or [{}] * len(ids)), wait=False)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used (0 where /proc cannot say)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     def close(self) -> None:
         """Stop the link (what is in flight stays stored), close the files, end the child."""
         if self._closed:
@@ -337,7 +353,21 @@ class SyncWorker:
         except EdgeloopError as exc:
             log.error("sync worker: did not stop cleanly: %s", exc)
         self._closed = True
-        self._proc.join(self.timeout_s)
-        if self._proc.is_alive():
+        try:
+            self._proc.wait(self.timeout_s)
+        except subprocess.TimeoutExpired:
             self._proc.kill()
+            self._proc.wait()
         self._conn.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]), SyncSettings(**json.loads(sys.argv[2])))

@@ -58,7 +58,10 @@ def _module(path: str) -> ModuleType | None:
 def _order() -> tuple[str, ...]:
     forced = os.environ.get(ENV, "auto").strip().lower()
     if forced in ("", "auto"):
-        return PATHS
+        # numba stands in for a missing C extension. Beside it, a kernel C lacks (dequantize,
+        # l2_normalize: vector-sized) goes to numpy: loading LLVM for those cost the agent
+        # 60 MB of memory and a JIT compile, for no gain at that size.
+        return ("c", "numpy") if _module("c") is not None else PATHS
     if forced not in PATHS:
         raise ValueError(f"{ENV}: '{forced}' is not one of auto, {', '.join(PATHS)}")
     return (forced, "numpy") if forced != "numpy" else ("numpy",)
