@@ -1,11 +1,13 @@
 """The device agent: sources → ladder → decisions → sinks.
 
-- Camera: an image folder replayed at ``fps`` (or a V4L2 camera through OpenCV, ``camera.device``) through a degradation ladder (the model, its
-  smaller fallback, the cache, a default); every inference goes to the outbox stream ``inferences`` and an alert
-  label to ``events``, each with a trace id made at the source.
+- Camera: an image folder replayed at ``fps`` (or a V4L2 camera through OpenCV,
+  ``camera.device``) through a degradation ladder (the model, its smaller fallback, the cache,
+  a default); every inference goes to the outbox stream ``inferences`` and an alert label to
+  ``events``, each with a trace id made at the source.
 - MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
-  configured) through the closed loop; a peak over the threshold stops the motor; commands,
-  MCU events and link telemetry go to the outbox.
+  configured) through the closed loop; the vibration model (or, without one, a peak over the
+  threshold) finds a fault and the motor is stopped; commands, MCU events and link telemetry
+  go to the outbox.
 - Requests: with a broker, MQTT 5 requests on ``edgeloop/v1/{fleet}/{device}/req/infer``
   (msgpack ``{task, input, kind}``, answered on the response topic with the correlation data;
   ``Offloader(request_topic=...)`` sends them) for the camera's model (through its ladder) and
@@ -42,8 +44,8 @@ def bundled_samples() -> Path:
 
 def inference_threads() -> int:
     """Interpreter threads for the agent: every core but one (at most 4), which is left to the
-    sync worker, the MCU loop and the broker link. Measured here (2 cores): a model on both
-    cores had its p99 tripled by a drain on the second; on one core, 1.1-1.2x."""
+    sync worker, the MCU loop and the broker link. Measured here (2 cores, a 0.6 ms model): on
+    both cores its p99 was tripled by a drain on the second; on one, about 1.0x."""
     from edgeloop.runtime.engine import default_threads
 
     return max(1, default_threads() - 1)

@@ -286,13 +286,22 @@ class SyncWorker:
             if self._proc.poll() is not None:
                 log.error("sync worker: exited with %s; starting a new one on the same files", self._proc.returncode)
                 self.restarts += 1
+                self._conn.close()
                 self._start()
             rid = next(self._ids)
             call = _Call()
             if wait:
                 with self._calls_lock:
                     self._calls[rid] = call
-            self._conn.send_bytes(msgpack.packb([op, rid, *args], use_bin_type=True))
+            try:
+                self._conn.send_bytes(msgpack.packb([op, rid, *args], use_bin_type=True))
+            except OSError as exc:  # it died just now: the next call starts a new one
+                with self._calls_lock:
+                    self._calls.pop(rid, None)
+                from edgeloop.sync.outbox import OutboxError
+
+                raise OutboxError(f"the sync worker exited ({exc}); '{op}' was not done",
+                                  "retry: a new worker starts on the next call") from exc
         if not wait:
             return None
         if not call.event.wait(self.timeout_s):
