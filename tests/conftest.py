@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,18 @@ def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def camera_agent_config(data_dir: Path, **camera: Any):
+    """The agent's embedded demo config with the camera changed by ``camera`` and no MCU,
+    state in ``data_dir``, no metrics endpoint, no status lines."""
+    from dataclasses import replace
+
+    from edgeloop.runtime.agent import load_config
+
+    config = load_config(environ={"EDGELOOP_DATA_DIR": str(data_dir), "EDGELOOP_METRICS_PORT": "-1",
+                                  "EDGELOOP_STATUS_EVERY_S": "60"})
+    return replace(config, camera=replace(config.camera, **camera), mcu=replace(config.mcu, enabled=False))
 
 
 @pytest.fixture

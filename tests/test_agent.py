@@ -13,7 +13,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from conftest import SHARED, wait_for
+from conftest import SHARED, camera_agent_config, wait_for
 from edgeloop.runtime.agent import Agent, load_config
 from edgeloop.runtime.errors import ConfigError
 from edgeloop.sync.outbox import Outbox
@@ -163,11 +163,7 @@ def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tm
                 return self.primary
             return model
 
-    config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
-                                  "EDGELOOP_METRICS_PORT": "-1"})
-    from dataclasses import replace
-
-    config = replace(config, camera=replace(config.camera, fps=50.0), mcu=replace(config.mcu, enabled=False))
+    config = camera_agent_config(tmp_path / "data", fps=50.0)
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         faulty = FaultyPrimary(engine)
         agent = Agent(config, faulty).start()

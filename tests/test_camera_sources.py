@@ -5,14 +5,12 @@ ioctl path below OpenCV goes untested here."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
-from conftest import wait_for
+from conftest import camera_agent_config, wait_for
 
-from edgeloop.runtime.agent import Agent, load_config
+from edgeloop.runtime.agent import Agent
 from edgeloop.runtime.agent.agent import bundled_samples
 from edgeloop.runtime.agent.sources import open_camera
 from edgeloop.runtime.errors import ConfigError
@@ -63,10 +61,7 @@ def test_the_agent_classifies_a_camera_through_opencv(tmp_path):
     from edgeloop.runtime.engine import Engine, EngineConfig
 
     video = write_video(tmp_path / "cam.avi", [7, 3], repeat=5)
-    config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
-                                  "EDGELOOP_METRICS_PORT": "-1"})
-    config = replace(config, camera=replace(config.camera, device=str(video), fps=100.0),
-                     mcu=replace(config.mcu, enabled=False))
+    config = camera_agent_config(tmp_path / "data", device=str(video), fps=100.0)
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         agent = Agent(config, engine).start()
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-from conftest import wait_for
+from conftest import camera_agent_config, wait_for
 from edgeloop.models.store import ModelStore
 from edgeloop.runtime.drift import DriftMonitor, histogram, psi
 from edgeloop.tools.demo_data import load_holdout
@@ -30,19 +30,15 @@ def test_psi_is_small_for_the_held_out_data_and_large_for_shifted_data():
 def test_the_agent_raises_a_drift_event_when_its_camera_sees_other_images(tmp_path):
     import apsw
 
-    from edgeloop.runtime.agent import Agent, load_config
+    from edgeloop.runtime.agent import Agent
     from edgeloop.runtime.agent.agent import bundled_samples
     from edgeloop.runtime.engine import Engine, EngineConfig
-    from dataclasses import replace
 
     folder = tmp_path / "inverted"
     folder.mkdir()
     for path in bundled_samples().glob("digit_*.png"):
         ImageOps.invert(Image.open(path).convert("L")).save(folder / path.name)
-    config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_METRICS_PORT": "-1",
-                                  "EDGELOOP_STATUS_EVERY_S": "60"})
-    config = replace(config, camera=replace(config.camera, folder=str(folder), fps=500.0),
-                     mcu=replace(config.mcu, enabled=False))
+    config = camera_agent_config(tmp_path / "data", folder=str(folder), fps=500.0)
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         agent = Agent(config, engine).start()
         try:
@@ -60,17 +56,13 @@ def test_hard_examples_carry_features_and_embeddings_and_raw_images_only_when_al
     import apsw
     import msgpack
 
-    from dataclasses import replace
-
-    from edgeloop.runtime.agent import Agent, load_config
+    from edgeloop.runtime.agent import Agent
     from edgeloop.runtime.engine import Engine, EngineConfig
 
     for upload_raw in (False, True):
         data = tmp_path / f"raw-{upload_raw}"
-        config = load_config(environ={"EDGELOOP_DATA_DIR": str(data), "EDGELOOP_METRICS_PORT": "-1",
-                                      "EDGELOOP_STATUS_EVERY_S": "60"})
-        config = replace(config, camera=replace(config.camera, fps=200.0, hard_below=1.01, upload_raw=upload_raw),
-                         mcu=replace(config.mcu, enabled=False))  # every inference counts as hard here
+        # every inference counts as hard here
+        config = camera_agent_config(data, fps=200.0, hard_below=1.01, upload_raw=upload_raw)
         with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
             agent = Agent(config, engine).start()
             try:

@@ -231,7 +231,7 @@ MANIFEST_HEAD = """\
 schema = 1
 """
 
-DIGITS_ENTRY = """
+ENTRY_HEAD = """
 [models.{name}]
 version = "1.0.0"
 task = "classification"
@@ -242,7 +242,9 @@ accuracy = {accuracy:.6f}
 
 [models.{name}.baseline]
 {baseline}
+"""
 
+DIGITS_ENTRY = ENTRY_HEAD + """
 [models.{name}.input]
 layout = "NHWC"
 color = "GRAY"
@@ -274,18 +276,7 @@ CARD = """\
 """
 
 
-VIBRATION_ENTRY = """
-[models.{name}]
-version = "1.0.0"
-task = "classification"
-file = "{file}"
-sha256 = "{sha256}"
-card = "cards/{name}.md"
-accuracy = {accuracy:.6f}
-
-[models.{name}.baseline]
-{baseline}
-
+VIBRATION_ENTRY = ENTRY_HEAD + """
 [models.{name}.input]
 dtype = "int8"
 

@@ -138,15 +138,8 @@ class Agent:
         for t in [*self._threads, *self._part_thread.values()]:
             t.join(10)
         self.final = self.status() if self.outbox is not None else {}  # what was done, before closing
-        if self.mcu is not None:
-            self.mcu.stop()
-        if self.sim is not None:
-            self.sim.close()
-        for ladder in (self.ladder, self.mcu_ladder):
-            if ladder is not None:
-                ladder.close()
-        if self.camera is not None:
-            self.camera.close()
+        self._close_mcu()
+        self._close_camera()
         if self.outbox is not None:
             self.outbox.close()
 
@@ -382,21 +375,28 @@ class Agent:
         if thread is not None:
             thread.join(10)
         if part == "camera":
-            self.ladder.close()
-            self.camera.close()
+            self._close_camera()
             self._part_stop[part].clear()
             self._start_camera()
         else:
-            if self.mcu is not None:
-                self.mcu.stop()
-            if self.sim is not None:
-                self.sim.close()
-            if self.mcu_ladder is not None:
-                self.mcu_ladder.close()
-            self.mcu = self.sim = self.loop = self.mcu_ladder = self.classify_window = None
+            self._close_mcu()
             self._part_stop[part].clear()
             if self.config.mcu.enabled:
                 self._start_mcu()
+
+    def _close_camera(self) -> None:
+        for part in (self.ladder, self.camera):
+            if part is not None:
+                part.close()
+        self.ladder = self.camera = None
+
+    def _close_mcu(self) -> None:
+        if self.mcu is not None:
+            self.mcu.stop()
+        for part in (self.sim, self.mcu_ladder):
+            if part is not None:
+                part.close()
+        self.mcu = self.sim = self.loop = self.mcu_ladder = self.classify_window = None
 
     # -- status ------------------------------------------------------------------------
 
