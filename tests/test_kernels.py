@@ -261,13 +261,15 @@ def test_beside_the_c_extension_numba_is_never_loaded(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; from edgeloop.runtime import kernels; "
+    code = ("import logging, sys, numpy as np; from edgeloop.runtime import kernels; "
+            "logging.basicConfig(level=logging.INFO, format='%(message)s'); "
             "kernels.l2_normalize(np.ones((1, 8), np.float32)); "
             "print(kernels.path_for('l2_normalize'), kernels.path_for('dequantize'), kernels.path_for('preprocess'), "
             "'numba' in sys.modules)")
     env = {k: v for k, v in __import__("os").environ.items() if k != "EDGELOOP_KERNELS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["numpy", "numpy", "c", "False"], out
+    assert "kernels: " in out.stderr and "forced" not in out.stderr, out.stderr  # chosen, not forced
 
 
 def test_threaded_rows_equal_one_thread(monkeypatch):

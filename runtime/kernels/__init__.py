@@ -86,7 +86,7 @@ def path_for(kernel: str) -> str:
             if not _announced:
                 _announced = True
                 skipped = [f"{p} unavailable ({_reasons[p]})" for p in order[: order.index(path)] if p in _reasons]
-                forced = f" (forced by {ENV})" if len(order) < len(PATHS) else ""
+                forced = f" (forced by {ENV})" if os.environ.get(ENV, "auto").strip().lower() not in ("", "auto") else ""
                 log.info("kernels: %s path%s%s", path, forced, ("; " + "; ".join(skipped)) if skipped else "")
             return path
     raise RuntimeError(f"no path implements kernel '{kernel}'")  # numpy implements all: a bug if reached
