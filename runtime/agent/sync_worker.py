@@ -7,13 +7,13 @@ p99 alone, measured). In a child process run at a lower CPU priority (``nice``, 
 default) they take what the inference leaves.
 
 ``SyncWorker`` is the agent's end and has the outbox's calls (``enqueue``, ``enqueue_many``,
-``stats``), each answered over a pipe; ``enqueue`` still returns only once the record is
+``stats``), each answered over a socketpair; ``enqueue`` still returns only once the record is
 durable (the child answers from the outbox's group commit). ``index_add`` hands vectors to the
 index without waiting. If the child dies, callers waiting get ``OutboxError`` and the next call
 starts a new child on the same files (logged, counted in ``restarts``).
 
 The child ignores SIGINT and SIGTERM (the agent decides when to stop); it finishes and closes
-its files when told to stop or when the pipe closes because the agent is gone.
+its files when told to stop or when the socket closes because the agent is gone.
 """
 
 from __future__ import annotations
