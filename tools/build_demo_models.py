@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,31 @@ def int8_tflite(model: object, representative: object, io_type: object) -> bytes
     converter.inference_input_type = io_type
     converter.inference_output_type = io_type
     return converter.convert()
+
+
+def _write_int8(model: object, train: np.ndarray, io_type: object, path: Path) -> tuple[bytes, Path]:
+    """``model`` quantized with the first 300 training inputs as the representative set."""
+
+    def representative():
+        for sample in train[:300]:
+            yield [sample[None]]
+
+    blob = int8_tflite(model, representative, io_type)
+    path.write_bytes(blob)
+    return blob, path
+
+
+def _litert_outputs(path: Path, classes: int, width: int) -> tuple[Any, dict, dict, int, int]:
+    """The INT8 file in LiteRT: (interpreter, input details, score output details, and which
+    outputs hold the scores and the embedding: the converter picks their order)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    outputs = interp.get_output_details()
+    shapes = [tuple(int(v) for v in d["shape"]) for d in outputs]
+    scores, embedding = shapes.index((1, classes)), shapes.index((1, width))
+    return interp, interp.get_input_details()[0], outputs[scores], scores, embedding
 
 
 DIGITS_MODELS = (("digits", (16, 32, 64)), ("digits_small", (8, 16, 32)))  # the camera's primary and fallback
@@ -82,24 +108,9 @@ def build_digits(out: Path) -> dict[str, dict[str, object]]:
         # the retrieval index (imprinting new classes on the device).
         model = tf.keras.Model(image, [probs, features])
 
-        def representative():
-            for image in x[:300]:
-                yield [image[None]]
-
-        blob = int8_tflite(model, representative, tf.uint8)
-        path = out / f"{name}.tflite"
-        path.write_bytes(blob)
-
+        blob, path = _write_int8(model, x, tf.uint8, out / f"{name}.tflite")
         # Accuracy of the INT8 file itself on the held-out split, through LiteRT.
-        from ai_edge_litert.interpreter import Interpreter
-
-        interp = Interpreter(model_path=str(path), num_threads=1)
-        interp.allocate_tensors()
-        i = interp.get_input_details()[0]
-        outputs = interp.get_output_details()
-        shapes = [tuple(int(v) for v in d["shape"]) for d in outputs]
-        scores, embedding = (shapes.index((1, 10)), shapes.index((1, channels[-1])))  # the converter picks the order
-        o = outputs[scores]
+        interp, i, o, scores, embedding = _litert_outputs(path, 10, channels[-1])
         predictions, confidences = [], []
         start = time.perf_counter()
         for image in hx:
@@ -166,22 +177,8 @@ def build_vibration(out: Path) -> dict[str, dict[str, object]]:
         classifier.compile(optimizer=tf.keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
         classifier.fit(x, train_y, epochs=25, batch_size=64, verbose=0, shuffle=True)
 
-        def representative():
-            for w in x[:300]:
-                yield [w[None]]
-
-        blob = int8_tflite(tf.keras.Model(window, [probs, features]), representative, tf.int8)
-        path = out / f"{name}.tflite"
-        path.write_bytes(blob)
-        from ai_edge_litert.interpreter import Interpreter
-
-        interp = Interpreter(model_path=str(path), num_threads=1)
-        interp.allocate_tensors()
-        i = interp.get_input_details()[0]
-        outputs = interp.get_output_details()
-        shapes = [tuple(int(v) for v in d["shape"]) for d in outputs]
-        scores, embedding = shapes.index((1, len(VIBRATION_CLASSES))), shapes.index((1, width))
-        o = outputs[scores]
+        blob, path = _write_int8(tf.keras.Model(window, [probs, features]), x, tf.int8, out / f"{name}.tflite")
+        interp, i, o, scores, embedding = _litert_outputs(path, len(VIBRATION_CLASSES), width)
         in_scale, in_zero = i["quantization"]
         out_scale, out_zero = o["quantization"]
         predictions, confidences = [], []
