@@ -144,6 +144,42 @@ def test_when_both_models_fail_a_seen_input_gets_the_cached_answer_and_a_new_one
         ladder.close()
 
 
+def test_a_cache_miss_is_no_step_down_so_the_ladder_climbs_back_past_the_cache():
+    """Found in CI: with the cache as the serving rung, each new input's miss stepped the ladder
+    down to the default, and the prober never got to probe the model above the cache for long
+    enough: stuck between cache and default. A miss now passes to the next rung, no step down."""
+    from edgeloop.runtime.watchdog.rungs import Rung, RungFailed
+
+    class Switchable(Rung):
+        name = "model"
+
+        def __init__(self) -> None:
+            self.broken = False
+
+        def serve(self, source, timeout_s):
+            if self.broken:
+                raise RungFailed("broken")
+            return "answer"
+
+    model = Switchable()
+    seen, unseen = np.zeros((8, 8), np.uint8), np.full((8, 8), 200, np.uint8)
+    ladder = Ladder("t", [model, CacheRung(), DefaultRung("default")],
+                    LadderConfig(deadline_s=0.1, recover_s=0.3, probe_every_s=0.02))
+    try:
+        assert ladder.serve(seen).rung == "model"
+        model.broken = True
+        assert ladder.serve(seen).rung == "cache"  # stepped down: the model failed
+        assert ladder.stats()["rung"] == "cache"
+        new = ladder.serve(unseen)  # never seen: the cache misses, the default answers
+        assert new.rung == "default" and ladder.stats()["rung"] == "cache"
+        assert ladder.stats()["missed_cache"] == 1
+        model.broken = False
+        wait_for(lambda: ladder.serve(unseen).rung == "model", 5, "the model serving again past the cache")
+        assert [(e["from"], e["to"]) for e in ladder.events] == [("model", "cache"), ("cache", "model")]
+    finally:
+        ladder.close()
+
+
 def test_bench_watchdog_reports_availability_per_fault_and_the_overheads(engine):
     from conftest import SHARED
     from edgeloop.tools.bench_watchdog import bench_watchdog

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .rungs import CacheRung, Rung, RungFailed, RungTimeout
+from .rungs import CacheRung, Rung, RungFailed, RungMiss, RungTimeout
 from .slo import LatencyWindow
 
 log = logging.getLogger("edgeloop.watchdog")
@@ -112,6 +112,10 @@ class Ladder:
                 result = rung.serve(source, max(0.0, budget))
             except RungTimeout as exc:
                 self._trouble(i, f"hang or timeout: {exc}")
+                continue
+            except RungMiss:  # no answer for this input: the next rung's turn, not a step down
+                with self._lock:
+                    self.counts[f"missed_{rung.name}"] = self.counts.get(f"missed_{rung.name}", 0) + 1
                 continue
             except RungFailed as exc:
                 self._trouble(i, f"error: {exc}")

@@ -23,6 +23,11 @@ class RungFailed(Exception):
     """The rung answered with an error, or cannot answer this input."""
 
 
+class RungMiss(RungFailed):
+    """The rung has no answer for this input (the cache, the index's neighbours): the next rung
+    answers, and it is no sign of trouble: the ladder does not step down for it."""
+
+
 class Rung:
     name = "rung"
     degraded = False  # answers from this rung are marked degraded
@@ -129,7 +134,7 @@ class ModelRung(Rung):
             job.abandoned = True
             raise RungTimeout(f"'{self.name}' did not answer within {timeout_s * 1000:.1f} ms")
         if job.error is not None:
-            raise RungFailed(f"'{self.name}': {job.error}")
+            raise RungFailed(f"'{self.name}': {type(job.error).__name__}: {job.error}")
         return job.result
 
     def close(self) -> None:
@@ -179,7 +184,7 @@ class CacheRung(Rung):
         with self._lock:
             result = self._answers.get(input_key(source))
         if result is None:
-            raise RungFailed("no cached answer for this input")
+            raise RungMiss("no cached answer for this input")
         return result
 
 
@@ -199,7 +204,7 @@ class NeighbourRung(Rung):
         decision = self.imprinter.classify(source)
         self.observe(time.monotonic() - start)
         if not decision.known:
-            raise RungFailed(f"nothing near enough in the index (nearest {decision.distance:.3f})")
+            raise RungMiss(f"nothing near enough in the index (nearest {decision.distance:.3f})")
         return decision
 
 
