@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .codec import MalformedEnvelope, decode_batch
+from .link import topic
 
 log = logging.getLogger("edgeloop.regional")
 
@@ -100,7 +101,7 @@ class RegionalReceiver:
                  share: str | None = None, client_id: str | None = None) -> None:
         self.store = store
         self.host, self.port = host, port
-        pattern = f"edgeloop/v1/{fleet}/+/data/#"
+        pattern = topic(fleet, "+", "data/#")
         self.subscription = f"$share/{share}/{pattern}" if share else pattern
         self.client_id = client_id
         # Manual acknowledgement: PUBACK only once the records are committed.

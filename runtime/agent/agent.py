@@ -51,6 +51,12 @@ def inference_threads() -> int:
     return max(1, default_threads() - 1)
 
 
+def _top(served: Any) -> Any:
+    """The best class of a ladder's answer (None for an answer without classes)."""
+    result = served.result
+    return result.top[0] if result is not None and getattr(result, "top", None) else None
+
+
 class Agent:
     def __init__(self, config: AgentConfig, engine: Any) -> None:
         self.config = config
@@ -190,47 +196,52 @@ class Agent:
                 self.stopping.wait(min(period, 0.1))
                 next_at = time.monotonic()
                 continue
-            trace = os.urandom(8).hex()  # made at the source, carried in the envelope to the regional edge
             image = frame.image
             served = self.ladder.serve(image)
-            self.inferences += 1
-            if self.inferences == 1:
+            if self.inferences == 0:
                 log.info("first result: %s from %s", served.rung, frame.name)
-            self.latencies_ms.append(served.latency_ms)
-            top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
-            record = {"source": frame.name, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
-                      "label": top.label if top else None, "score": round(top.score, 4) if top else None}
+            top = _top(served)
+            record, trace = self._record(frame.name, served, top)
             if self.drift is not None:
                 self.drift.add(drift_features(image, served.result))
-            self.outbox.enqueue("inferences", record, trace=trace)
-            if top is not None and top.score < cam.hard_below:
-                self._hard_example(frame, record, trace)
+            hard = top is not None and top.score < cam.hard_below
             alert = top is not None and top.label in cam.alert_labels and top.score >= cam.min_score
+            index = bool(cam.index_every) and (alert or self.inferences % cam.index_every == 0)
+            # The embedding is a second invoke of the primary model: made once, and only when
+            # that model answered this frame (one that hangs must not take the camera with it).
+            primary = self.ladder.rungs[0]
+            vector = (primary.model.embed(image).vector if (hard or index) and served.rung == primary.name
+                      and primary.model.entry.output.embedding is not None else None)
+            if hard:
+                self._hard_example(frame, record, trace, vector)
             if alert:
                 self.alerts += 1
                 self.outbox.enqueue("events", {"kind": "alert", **record}, trace=trace)
-            if cam.index_every and (alert or self.inferences % cam.index_every == 0):
-                self._index(image, record, trace)
+            if index and vector is not None:
+                model = primary.model
+                self.outbox.index_add(model.name, model.name, model.entry.version, [trace], [vector], [record["label"]])
             next_at += period
             self.stopping.wait(max(0.0, next_at - time.monotonic()))
 
-    def _index(self, image: Any, record: dict[str, Any], trace: str) -> None:
-        """The frame's embedding into the local retrieval index (collection: the model's name),
-        under its trace id, labelled with what was decided."""
-        model = self.ladder.rungs[0].model
-        if model.entry.output.embedding is None or record["rung"] != self.ladder.rungs[0].name:
-            return  # no embedding output, or the model did not answer this one
-        self.outbox.index_add(model.name, model.name, model.entry.version, [trace], [model.embed(image).vector],
-                              [record["label"]])
+    def _record(self, source: str, served: Any, top: Any, **extra: Any) -> tuple[dict[str, Any], str]:
+        """Count an answer and store it in ``inferences`` under a new trace id (made at the
+        source, carried in the envelope to the regional edge); returns (record, trace)."""
+        trace = os.urandom(8).hex()
+        record = {"source": source, **extra, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
+                  "label": top.label if top else None, "score": round(top.score, 4) if top else None}
+        self.inferences += 1
+        self.latencies_ms.append(served.latency_ms)
+        self.outbox.enqueue("inferences", record, trace=trace)
+        return record, trace
 
-    def _hard_example(self, frame: Any, record: dict[str, Any], trace: str) -> None:
-        """Features and the embedding always; the raw image only when the config allows."""
+    def _hard_example(self, frame: Any, record: dict[str, Any], trace: str, vector: Any) -> None:
+        """Features always, the embedding when the primary model answered, the raw image only
+        when the config allows."""
         from edgeloop.runtime.drift import features
 
         example: dict[str, Any] = {**record, "features": features(frame.image, None)}
-        model = self.ladder.rungs[0].model
-        if model.entry.output.embedding is not None:
-            example["embedding"] = model.embed(frame.image).vector.astype("float16").tobytes()
+        if vector is not None:
+            example["embedding"] = vector.astype("float16").tobytes()
         if self.config.camera.upload_raw:
             example["image"] = frame.raw()
         self.outbox.enqueue("hard-examples", example, trace=trace)
@@ -248,13 +259,8 @@ class Agent:
         self.responder = Responder(host, port, c.fleet, tasks, client_id=f"edgeloop-{c.fleet}-{c.device}-requests",
                                    subscription=topic(c.fleet, c.device, "req/infer")).start()
 
-    def _record_request(self, task: str, rung: str, latency_ms: float, top: Any) -> dict[str, Any]:
-        trace = os.urandom(8).hex()
-        record = {"source": "mqtt", "task": task, "rung": rung, "latency_ms": round(latency_ms, 3),
-                  "label": top.label if top else None, "score": round(top.score, 4) if top else None}
-        self.inferences += 1
-        self.latencies_ms.append(latency_ms)
-        self.outbox.enqueue("inferences", record, trace=trace)
+    def _answered(self, task: str, served: Any) -> dict[str, Any]:
+        record, trace = self._record("mqtt", served, _top(served), task=task)
         return {**record, "trace": trace}
 
     def _answer_image(self, image: Any) -> dict[str, Any]:
@@ -262,9 +268,7 @@ class Agent:
 
         if isinstance(image, np.ndarray) or isinstance(image, str):
             raise InputError("the camera's model takes an image", "send PNG or JPEG bytes with kind 'png' or 'jpg'")
-        served = self.ladder.serve(image)
-        top = served.result.top[0] if served.result is not None and getattr(served.result, "top", None) else None
-        return self._record_request(self.config.camera.model, served.rung, served.latency_ms, top)
+        return self._answered(self.config.camera.model, self.ladder.serve(image))
 
     def _answer_window(self, samples: Any) -> dict[str, Any]:
         from edgeloop.runtime.errors import InputError
@@ -274,13 +278,11 @@ class Agent:
             raise InputError("the MCU's model is not running", "enable [mcu] with a model")
         if not isinstance(samples, np.ndarray) or samples.ndim != 1:
             raise InputError("a window is a 1-D array of samples", "send numpy.save bytes with kind 'npy'")
-        start = time.perf_counter()
-        top = classify(samples.tolist())
-        if top is None:
+        served = classify(samples.tolist())
+        if served is None:
             raise InputError(f"a window of {samples.size} samples does not fit the model",
                              "send as many samples as the MCU's windows hold")
-        return self._record_request(self.config.mcu.model, self.mcu_ladder.stats()["rung"],
-                                    (time.perf_counter() - start) * 1000.0, top)
+        return self._answered(self.config.mcu.model, served)
 
     # -- the MCU -----------------------------------------------------------------------
 
@@ -302,7 +304,8 @@ class Agent:
 
         def decide(window: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
             if classify is not None:
-                top = classify(window.get("samples", []))
+                served = classify(window.get("samples", []))
+                top = _top(served) if served is not None else None
                 fault = top is not None and top.label != "normal" and top.score >= self.config.mcu.min_score  # live
                 return ("motor", {"on": False, "fault": top.label}) if fault else None
             peak = max((abs(v) for v in window.get("samples", [])), default=0)
@@ -328,11 +331,11 @@ class Agent:
         spec = primary.inputs[0]
         width = spec.shape[1]
 
-        def classify(samples: list[int]) -> Any:
+        def classify(samples: list[int]) -> Any:  # the Served answer, or None for a window that does not fit
             if len(samples) != width:
                 return None
             x = quantize(vibration_features(np.asarray(samples)[None]), spec.quantization, spec.dtype)
-            return self.mcu_ladder.serve(x).result.top[0]
+            return self.mcu_ladder.serve(x)
 
         return classify
 

@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop.runtime.errors import EdgeloopError
+from edgeloop.sync.link import topic
 
 log = logging.getLogger("edgeloop.config")
 
@@ -34,9 +35,9 @@ class RemoteConfig:
     def __init__(self, host: str, port: int, fleet: str, device: str, group: str | None,
                  apply: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         self.apply = apply
-        self.device_topic = f"edgeloop/v1/{fleet}/{device}/config"
-        self.group_topic = f"edgeloop/v1/{fleet}/group/{group}/config" if group else None
-        self.state_topic = f"edgeloop/v1/{fleet}/{device}/state"
+        self.device_topic = topic(fleet, device, "config")
+        self.group_topic = topic(fleet, "group", f"{group}/config") if group else None
+        self.state_topic = topic(fleet, device, "state")
         self.layers: dict[str, dict[str, Any]] = {}
         self.applied = threading.Event()
         self._lock = threading.Lock()
