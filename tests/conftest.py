@@ -7,10 +7,11 @@ run on; a backend named there that cannot be imported fails the run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -109,6 +110,22 @@ def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def running_agent(config: Any, wrap: Any = None) -> Iterator[Any]:
+    """An agent on the bundled models (its engine passed through ``wrap`` when given), started;
+    stopped on leaving."""
+    from edgeloop.models.store import ModelStore
+    from edgeloop.runtime.agent import Agent
+    from edgeloop.runtime.engine import Engine, EngineConfig
+
+    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
+        agent = Agent(config, wrap(engine) if wrap else engine).start()
+        try:
+            yield agent
+        finally:
+            agent.stop()
 
 
 def camera_agent_config(data_dir: Path, **camera: Any):

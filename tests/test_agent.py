@@ -13,7 +13,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from conftest import SHARED, camera_agent_config, wait_for
+from conftest import SHARED, camera_agent_config, running_agent, wait_for
 from edgeloop.runtime.agent import Agent, load_config
 from edgeloop.runtime.errors import ConfigError
 from edgeloop.sync.outbox import Outbox
@@ -66,26 +66,19 @@ def test_the_embedded_demo_shows_inferences_and_stops_cleanly_on_sigterm(tmp_pat
 
 
 def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, broker, regional, monkeypatch):
-    from edgeloop.models.store import ModelStore
-    from edgeloop.runtime.engine import Engine, EngineConfig
-
     config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
                                   "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
                                   "EDGELOOP_METRICS_PORT": "0"})
-    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        agent = Agent(config, engine).start()
-        try:
-            wait_for(lambda: agent.mcu.state == "ready" and agent.inferences >= 3, 20, "the agent serving")
-            agent.sim.tell("anomaly on")
-            wait_for(lambda: any(cmd == "motor" for line in agent.sim.lines
-                                 for cmd in line.split()[4:5] if line.startswith("applied")), 10,
-                     "the MCU told to stop the motor")
-            loop = agent.loop.figures()
-            assert loop["commands"] >= 1 and loop["loop_p99_ms"] < 100, loop
-            wait_for(lambda: regional.stats()["devices"].get("gw-1", {}).get("records", 0) >= 10, 20,
-                     "records at the regional edge")
-        finally:
-            agent.stop()
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.mcu.state == "ready" and agent.inferences >= 3, 20, "the agent serving")
+        agent.sim.tell("anomaly on")
+        wait_for(lambda: any(cmd == "motor" for line in agent.sim.lines
+                             for cmd in line.split()[4:5] if line.startswith("applied")), 10,
+                 "the MCU told to stop the motor")
+        loop = agent.loop.figures()
+        assert loop["commands"] >= 1 and loop["loop_p99_ms"] < 100, loop
+        wait_for(lambda: regional.stats()["devices"].get("gw-1", {}).get("records", 0) >= 10, 20,
+                 "records at the regional edge")
     rows = regional.db.execute("SELECT stream, count(*) FROM records GROUP BY stream").fetchall()
     streams = dict(rows)
     assert streams.get("events", 0) >= 1 and streams.get("inferences", 0) >= 3, streams
@@ -99,9 +92,7 @@ def test_end_to_end_anomaly_actuation_and_events_at_the_regional_edge(tmp_path, 
 def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused(tmp_path, broker, regional):
     import numpy as np
 
-    from edgeloop.models.store import ModelStore
     from edgeloop.runtime.agent.agent import bundled_samples
-    from edgeloop.runtime.engine import Engine, EngineConfig
     from edgeloop.sync.link import topic
     from edgeloop.sync.offload import Offloader
     from edgeloop.tools.demo_data import vibration_windows
@@ -110,9 +101,8 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
                                   "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
                                   "EDGELOOP_METRICS_PORT": "-1"})
     asker = Offloader("127.0.0.1", broker.port, "f1", "tester", request_topic=topic("f1", "gw-1", "req/infer"))
-    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        agent = Agent(config, engine).start()
-        try:
+    try:
+        with running_agent(config) as agent:
             wait_for(lambda: asker.online.is_set() and agent.responder.connected.is_set()
                      and agent.classify_window is not None, 20, "the agent answering")
             for digit in (3, 8):
@@ -133,9 +123,8 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
                     asker.request(task, source, 5.0)
             assert asker.request("digits", bundled_samples() / "digit_5.png", 5.0)["label"] == "5"  # still serving
             assert agent.status()["requests"] == {"answered": 11, "failed": 4}
-        finally:
-            agent.stop()
-            asker.close()
+    finally:
+        asker.close()
     import msgpack
 
     def answered_at_the_edge() -> list[dict]:
@@ -148,8 +137,6 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
 
 
 def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tmp_path):
-    from edgeloop.models.store import ModelStore
-    from edgeloop.runtime.engine import Engine, EngineConfig
     from edgeloop.runtime.watchdog.faults import FaultyModel
 
     class FaultyPrimary:  # the engine, with a fault switch on the camera's primary model
@@ -164,19 +151,15 @@ def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tm
             return model
 
     config = camera_agent_config(tmp_path / "data", fps=50.0)
-    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        faulty = FaultyPrimary(engine)
-        agent = Agent(config, faulty).start()
-        try:
-            wait_for(lambda: agent.inferences >= 5 and agent.status()["rung"] == "cpu", 20, "the model serving")
-            faulty.primary.fail()
-            wait_for(lambda: agent.status()["rung"] == "small", 10, "a step down to digits_small")
-            served = agent.inferences
-            wait_for(lambda: agent.inferences >= served + 10, 10, "serving on the fallback")
-            faulty.primary.heal()
-            wait_for(lambda: agent.status()["rung"] == "cpu", 30, "a step back up")
-        finally:
-            agent.stop()
+    with running_agent(config, wrap=FaultyPrimary) as agent:
+        faulty = agent.engine
+        wait_for(lambda: agent.inferences >= 5 and agent.status()["rung"] == "cpu", 20, "the model serving")
+        faulty.primary.fail()
+        wait_for(lambda: agent.status()["rung"] == "small", 10, "a step down to digits_small")
+        served = agent.inferences
+        wait_for(lambda: agent.inferences >= served + 10, 10, "serving on the fallback")
+        faulty.primary.heal()
+        wait_for(lambda: agent.status()["rung"] == "cpu", 30, "a step back up")
     import msgpack
 
     with Outbox(tmp_path / "data" / "outbox.db", "gw-1") as box:
@@ -249,31 +232,25 @@ def replace_mcu_off(config):
 def test_metrics_on_loopback_and_edgeloop_status(tmp_path):
     import json
 
-    from edgeloop.models.store import ModelStore
-    from edgeloop.runtime.engine import Engine, EngineConfig
     from edgeloop.tools.status_cmd import read_status
 
     config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
                                   "EDGELOOP_METRICS_PORT": "0"})
-    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        agent = Agent(config, engine).start()
-        try:
-            wait_for(lambda: agent.inferences >= 3 and agent.loop is not None and agent.loop.windows > 5, 20,
-                     "the agent serving")
-            assert agent.metrics_url.startswith("http://127.0.0.1:")
-            status = read_status(agent.metrics_url)
-            assert status["inferences_total"] >= 3
-            assert status["inference_latency_seconds{model=digits,quantile=0.99}"] > 0
-            assert status["outbox_rows{stream=inferences}"] >= 1 and status["link_state{state=none}"] == 1
-            source = next(k for k in status if k.startswith("energy_source"))
-            assert source in ("energy_source{source=rapl}", "energy_source{source=configured device power}")
-            assert status["energy_per_inference_joules"] > 0 and status["cost_per_million_inferences"] > 0
-            assert status["cpu_seconds_per_inference"] > 0
-            out = subprocess.run([EDGELOOP, "status", "--url", agent.metrics_url, "--json"], capture_output=True,
-                                 text=True, timeout=30)
-            assert out.returncode == 0 and json.loads(out.stdout)["inferences_total"] >= 3
-        finally:
-            agent.stop()
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.inferences >= 3 and agent.loop is not None and agent.loop.windows > 5, 20,
+                 "the agent serving")
+        assert agent.metrics_url.startswith("http://127.0.0.1:")
+        status = read_status(agent.metrics_url)
+        assert status["inferences_total"] >= 3
+        assert status["inference_latency_seconds{model=digits,quantile=0.99}"] > 0
+        assert status["outbox_rows{stream=inferences}"] >= 1 and status["link_state{state=none}"] == 1
+        source = next(k for k in status if k.startswith("energy_source"))
+        assert source in ("energy_source{source=rapl}", "energy_source{source=configured device power}")
+        assert status["energy_per_inference_joules"] > 0 and status["cost_per_million_inferences"] > 0
+        assert status["cpu_seconds_per_inference"] > 0
+        out = subprocess.run([EDGELOOP, "status", "--url", agent.metrics_url, "--json"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0 and json.loads(out.stdout)["inferences_total"] >= 3
     down = subprocess.run([EDGELOOP, "status", "--url", agent.metrics_url], capture_output=True, text=True, timeout=30)
     assert down.returncode == 2 and "no agent answers at" in down.stderr
 
@@ -291,8 +268,6 @@ def test_structured_logs_are_one_json_object_a_line(tmp_path):
 
 
 def test_the_agent_rides_out_a_link_cut_and_delivers_the_backlog_after_healing(tmp_path, broker, regional):
-    from edgeloop.models.store import ModelStore
-    from edgeloop.runtime.engine import Engine, EngineConfig
     from edgeloop.tools.faultproxy import FaultProxy
 
     proxy = FaultProxy(broker.port)
@@ -300,24 +275,20 @@ def test_the_agent_rides_out_a_link_cut_and_delivers_the_backlog_after_healing(t
                                   "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
                                   "EDGELOOP_METRICS_PORT": "0"})
     try:
-        with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-            agent = Agent(config, engine).start()
-            try:
-                wait_for(lambda: regional.stats()["devices"].get("gw-1", {}).get("records", 0) >= 5, 20,
-                         "records flowing")
-                proxy.cut()
-                time.sleep(3.0)  # the agent keeps serving; records wait in the outbox
-                db = apsw.Connection(str(tmp_path / "data" / "outbox.db"), flags=apsw.SQLITE_OPEN_READONLY)
-                backlog = {row[0] for row in db.execute("SELECT id FROM records")}
-                db.close()
-                assert len(backlog) >= 10 and not backlog <= regional.ids()
-                proxy.heal()
-                healed = time.monotonic()
-                wait_for(lambda: backlog <= regional.ids(), 30, "the backlog at the regional edge")
-                print(f"\n{len(backlog)} records queued during a 3 s cut, delivered "
-                      f"{time.monotonic() - healed:.2f} s after healing")
-            finally:
-                agent.stop()
+        with running_agent(config):
+            wait_for(lambda: regional.stats()["devices"].get("gw-1", {}).get("records", 0) >= 5, 20,
+                     "records flowing")
+            proxy.cut()
+            time.sleep(3.0)  # the agent keeps serving; records wait in the outbox
+            db = apsw.Connection(str(tmp_path / "data" / "outbox.db"), flags=apsw.SQLITE_OPEN_READONLY)
+            backlog = {row[0] for row in db.execute("SELECT id FROM records")}
+            db.close()
+            assert len(backlog) >= 10 and not backlog <= regional.ids()
+            proxy.heal()
+            healed = time.monotonic()
+            wait_for(lambda: backlog <= regional.ids(), 30, "the backlog at the regional edge")
+            print(f"\n{len(backlog)} records queued during a 3 s cut, delivered "
+                  f"{time.monotonic() - healed:.2f} s after healing")
     finally:
         proxy.close()
 

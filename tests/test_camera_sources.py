@@ -5,12 +5,12 @@ ioctl path below OpenCV goes untested here."""
 from __future__ import annotations
 
 import sys
+
 import numpy as np
 import pytest
 
-from conftest import camera_agent_config, wait_for
+from conftest import camera_agent_config, running_agent, wait_for
 
-from edgeloop.runtime.agent import Agent
 from edgeloop.runtime.agent.agent import bundled_samples
 from edgeloop.runtime.agent.sources import open_camera
 from edgeloop.runtime.errors import ConfigError
@@ -57,17 +57,10 @@ def test_a_missing_device_or_opencv_is_a_config_error_that_says_the_fix(tmp_path
 
 
 def test_the_agent_classifies_a_camera_through_opencv(tmp_path):
-    from edgeloop.models.store import ModelStore
-    from edgeloop.runtime.engine import Engine, EngineConfig
-
     video = write_video(tmp_path / "cam.avi", [7, 3], repeat=5)
     config = camera_agent_config(tmp_path / "data", device=str(video), fps=100.0)
-    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        agent = Agent(config, engine).start()
-        try:
-            wait_for(lambda: agent.inferences >= 25, 20, "a pass through the video and into the next")
-        finally:
-            agent.stop()
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.inferences >= 25, 20, "a pass through the video and into the next")
     import msgpack
 
     from edgeloop.sync.outbox import Outbox

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-from conftest import camera_agent_config, wait_for
+from conftest import camera_agent_config, running_agent, wait_for
 from edgeloop.models.store import ModelStore
 from edgeloop.runtime.drift import DriftMonitor, histogram, psi
 from edgeloop.tools.demo_data import load_holdout
@@ -30,22 +30,16 @@ def test_psi_is_small_for_the_held_out_data_and_large_for_shifted_data():
 def test_the_agent_raises_a_drift_event_when_its_camera_sees_other_images(tmp_path):
     import apsw
 
-    from edgeloop.runtime.agent import Agent
     from edgeloop.runtime.agent.agent import bundled_samples
-    from edgeloop.runtime.engine import Engine, EngineConfig
 
     folder = tmp_path / "inverted"
     folder.mkdir()
     for path in bundled_samples().glob("digit_*.png"):
         ImageOps.invert(Image.open(path).convert("L")).save(folder / path.name)
     config = camera_agent_config(tmp_path / "data", folder=str(folder), fps=500.0)
-    with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-        agent = Agent(config, engine).start()
-        try:
-            wait_for(lambda: "brightness" in agent.drift.drifting, 20, "a brightness drift")
-            assert agent.status()["drift"]["brightness"] > 0.25
-        finally:
-            agent.stop()
+    with running_agent(config) as agent:
+        wait_for(lambda: "brightness" in agent.drift.drifting, 20, "a brightness drift")
+        assert agent.status()["drift"]["brightness"] > 0.25
     db = apsw.Connection(str(tmp_path / "data" / "outbox.db"))
     kinds = [row[0] for row in db.execute("SELECT body FROM records WHERE stream = 'events'")]
     import msgpack
@@ -56,19 +50,12 @@ def test_hard_examples_carry_features_and_embeddings_and_raw_images_only_when_al
     import apsw
     import msgpack
 
-    from edgeloop.runtime.agent import Agent
-    from edgeloop.runtime.engine import Engine, EngineConfig
-
     for upload_raw in (False, True):
         data = tmp_path / f"raw-{upload_raw}"
         # every inference counts as hard here
         config = camera_agent_config(data, fps=200.0, hard_below=1.01, upload_raw=upload_raw)
-        with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
-            agent = Agent(config, engine).start()
-            try:
-                wait_for(lambda: agent.inferences >= 5, 20, "inferences")
-            finally:
-                agent.stop()
+        with running_agent(config) as agent:
+            wait_for(lambda: agent.inferences >= 5, 20, "inferences")
         db = apsw.Connection(str(data / "outbox.db"))
         rows = [msgpack.unpackb(b) for (b,) in db.execute("SELECT body FROM records WHERE stream='hard-examples'")]
         priorities = {p for (p,) in db.execute("SELECT priority FROM records WHERE stream='hard-examples'")}

@@ -241,19 +241,21 @@ accuracy = {accuracy:.6f}
 {baseline}
 """
 
+ENTRY_OUTPUT = """
+[models.{name}.output]
+decode = "classification"
+labels = "{labels}"
+index = {scores}
+embedding = {embedding}
+"""
+
 DIGITS_ENTRY = ENTRY_HEAD + """
 [models.{name}.input]
 layout = "NHWC"
 color = "GRAY"
 resize = "area"
 dtype = "uint8"
-
-[models.{name}.output]
-decode = "classification"
-labels = "digits_labels.txt"
-index = {scores}
-embedding = {embedding}
-{golden}"""
+""" + ENTRY_OUTPUT.replace("{labels}", "digits_labels.txt") + "{golden}"
 
 CARD = """\
 # {name} (INT8 demo classifier)
@@ -276,13 +278,7 @@ CARD = """\
 VIBRATION_ENTRY = ENTRY_HEAD + """
 [models.{name}.input]
 dtype = "int8"
-
-[models.{name}.output]
-decode = "classification"
-labels = "vibration_labels.txt"
-index = {scores}
-embedding = {embedding}
-"""
+""" + ENTRY_OUTPUT.replace("{labels}", "vibration_labels.txt")
 
 VIBRATION_CARD = """\
 # {name} (INT8 demo vibration classifier)
