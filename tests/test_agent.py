@@ -136,20 +136,23 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
     assert {b["task"] for b in answered_at_the_edge()} == {"digits", "vibration"}
 
 
+class FaultyPrimary:
+    """An engine with a fault switch on the camera's primary model (``digits``)."""
+
+    def __init__(self, engine):
+        self.engine, self.primary = engine, None
+
+    def load(self, name):
+        from edgeloop.runtime.watchdog.faults import FaultyModel
+
+        model = self.engine.load(name)
+        if name == "digits":
+            self.primary = FaultyModel(model)
+            return self.primary
+        return model
+
+
 def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tmp_path):
-    from edgeloop.runtime.watchdog.faults import FaultyModel
-
-    class FaultyPrimary:  # the engine, with a fault switch on the camera's primary model
-        def __init__(self, engine):
-            self.engine, self.primary = engine, None
-
-        def load(self, name):
-            model = self.engine.load(name)
-            if name == "digits":
-                self.primary = FaultyModel(model)
-                return self.primary
-            return model
-
     config = camera_agent_config(tmp_path / "data", fps=50.0)
     with running_agent(config, wrap=FaultyPrimary) as agent:
         faulty = agent.engine
@@ -169,6 +172,21 @@ def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tm
     ladder = [(e["from"], e["to"]) for e in events if e.get("kind") == "ladder"]
     assert ("cpu", "small") in ladder and ("small", "cpu") in ladder, events
     assert {"cpu", "small"} <= rungs  # every answer says which rung gave it
+
+
+def test_a_hung_primary_model_never_stalls_the_camera_through_its_side_paths(tmp_path):
+    """Hard examples and the index want the primary model's embedding: a second invoke, made
+    only when that model answered the frame. A hang goes to the ladder, which steps down."""
+    config = camera_agent_config(tmp_path / "data", fps=50.0, hard_below=1.01, index_every=1)  # every frame both
+    with running_agent(config, wrap=FaultyPrimary) as agent:
+        wait_for(lambda: agent.inferences >= 5 and agent.status()["rung"] == "cpu", 20, "the model serving")
+        agent.engine.primary.hang()
+        try:
+            wait_for(lambda: agent.status()["rung"] == "small", 10, "a step down to digits_small")
+            served = agent.inferences
+            wait_for(lambda: agent.inferences >= served + 20, 10, "the camera serving on while the primary hangs")
+        finally:
+            agent.engine.primary.heal()
 
 
 def test_desired_config_over_mqtt_is_merged_applied_reported_and_an_invalid_one_rejected(tmp_path, broker):

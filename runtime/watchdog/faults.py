@@ -51,5 +51,9 @@ class FaultyModel:
         self._fault()
         return self.model.infer(source, top_k)
 
+    def embed(self, source: Any) -> Any:  # a wedged delegate hangs every invoke, not only infer's
+        self._fault()
+        return self.model.embed(source)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
