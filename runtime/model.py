@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -162,7 +162,12 @@ class LoadedModel:
         """Typed result by the manifest's ``output.decode`` (raw for unregistered models)."""
         kind, n = self.entry.output.decode, self._output_index(self.entry.output.index, "index")
         if kind == "classification":
-            return results.classify(outputs[n], self.outputs[n], self.labels, top_k)
+            found = results.classify(outputs[n], self.outputs[n], self.labels, top_k)
+            e = self.entry.output.embedding
+            if e is None:
+                return found
+            e = self._output_index(e, "embedding")  # the same invoke's features: no second run for them
+            return replace(found, embedding=results.embed(outputs[e], self.outputs[e]))
         if kind == "embedding":
             return results.embed(outputs[n], self.outputs[n])
         if kind == "detection":

@@ -25,9 +25,11 @@ class Class:
 
 @dataclass(frozen=True)
 class Classification:
-    """Top-k classes, best first, with dequantized scores."""
+    """Top-k classes, best first, with dequantized scores; ``embedding`` from the same invoke
+    when the model's manifest names an embedding output."""
 
     top: tuple[Class, ...]
+    embedding: "Embedding | None" = field(default=None, compare=False, repr=False)
 
     @property
     def best(self) -> Class:

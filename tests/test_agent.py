@@ -175,8 +175,9 @@ def test_the_camera_steps_down_to_the_small_digits_model_and_back_and_says_so(tm
 
 
 def test_a_hung_primary_model_never_stalls_the_camera_through_its_side_paths(tmp_path):
-    """Hard examples and the index want the primary model's embedding: a second invoke, made
-    only when that model answered the frame. A hang goes to the ladder, which steps down."""
+    """Hard examples and the index want the primary model's embedding. It comes with that
+    model's answer (the same invoke), so a hang only ever meets the ladder, which steps down.
+    (Found in review: a second invoke from the camera thread hung with the model.)"""
     config = camera_agent_config(tmp_path / "data", fps=50.0, hard_below=1.01, index_every=1)  # every frame both
     with running_agent(config, wrap=FaultyPrimary) as agent:
         wait_for(lambda: agent.inferences >= 5 and agent.status()["rung"] == "cpu", 20, "the model serving")

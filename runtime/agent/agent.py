@@ -207,11 +207,11 @@ class Agent:
             hard = top is not None and top.score < cam.hard_below
             alert = top is not None and top.label in cam.alert_labels and top.score >= cam.min_score
             index = bool(cam.index_every) and (alert or self.inferences % cam.index_every == 0)
-            # The embedding is a second invoke of the primary model: made once, and only when
-            # that model answered this frame (one that hangs must not take the camera with it).
+            # The embedding comes with the primary model's answer (the same invoke); a fallback's
+            # lives in another space, and the camera thread never invokes a model itself.
             primary = self.ladder.rungs[0]
-            vector = (primary.model.embed(image).vector if (hard or index) and served.rung == primary.name
-                      and primary.model.entry.output.embedding is not None else None)
+            embedding = getattr(served.result, "embedding", None) if served.rung == primary.name else None
+            vector = embedding.vector if embedding is not None else None
             if hard:
                 self._hard_example(frame, record, trace, vector)
             if alert:
