@@ -130,7 +130,7 @@ class SimMcu:
         while self.running:
             t = (time.monotonic() - self.t0)
             if self.vibration:  # normal running; a bearing defect while an anomaly is injected
-                from edgeloop.tools.demo_data import vibration_windows
+                from edgeloop.models.demo_data import vibration_windows
 
                 counts, _ = vibration_windows(1, int(self.np_rng.integers(2**31)), classes=(3 if self.anomaly else 0,))
                 samples = counts[0].astype(np.float64) if self.motor else self.np_rng.normal(0, 40, counts.shape[1])

@@ -142,7 +142,7 @@ def camera_agent_config(data_dir: Path, **camera: Any):
 
 @pytest.fixture
 def broker(tmp_path):
-    from edgeloop.sync.mosquitto import Mosquitto
+    from edgeloop.tools.testing.mosquitto import Mosquitto
 
     b = Mosquitto(tmp_path).start()
     yield b

@@ -95,7 +95,7 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
     from edgeloop.runtime.agent.agent import bundled_samples
     from edgeloop.sync.link import topic
     from edgeloop.sync.offload import Offloader
-    from edgeloop.tools.demo_data import vibration_windows
+    from edgeloop.models.demo_data import vibration_windows
 
     config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{broker.port}", "EDGELOOP_FLEET": "f1",
                                   "EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
@@ -143,7 +143,7 @@ class FaultyPrimary:
         self.engine, self.primary = engine, None
 
     def load(self, name):
-        from edgeloop.runtime.watchdog.faults import FaultyModel
+        from edgeloop.tools.testing.faults import FaultyModel
 
         model = self.engine.load(name)
         if name == "digits":
@@ -251,7 +251,7 @@ def replace_mcu_off(config):
 def test_metrics_on_loopback_and_edgeloop_status(tmp_path):
     import json
 
-    from edgeloop.tools.status_cmd import read_status
+    from edgeloop.tools.cli.status import read_status
 
     config = load_config(environ={"EDGELOOP_DATA_DIR": str(tmp_path / "data"), "EDGELOOP_STATUS_EVERY_S": "60",
                                   "EDGELOOP_METRICS_PORT": "0"})
@@ -287,7 +287,7 @@ def test_structured_logs_are_one_json_object_a_line(tmp_path):
 
 
 def test_the_agent_rides_out_a_link_cut_and_delivers_the_backlog_after_healing(tmp_path, broker, regional):
-    from edgeloop.tools.faultproxy import FaultProxy
+    from edgeloop.tools.testing.faultproxy import FaultProxy
 
     proxy = FaultProxy(broker.port)
     config = load_config(environ={"EDGELOOP_BROKER": f"127.0.0.1:{proxy.port}", "EDGELOOP_FLEET": "f1",
@@ -315,7 +315,7 @@ def test_the_agent_rides_out_a_link_cut_and_delivers_the_backlog_after_healing(t
 def test_bench_agent_reports_its_keys():
     from edgeloop.models.store import ModelStore
     from edgeloop.runtime.engine import Engine, EngineConfig
-    from edgeloop.tools.bench_agent import bench_agent
+    from edgeloop.tools.bench.agent import bench_agent
 
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         r = bench_agent(engine, seconds=1.0, shared=SHARED, rounds=2)

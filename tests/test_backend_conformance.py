@@ -143,7 +143,7 @@ def test_fill_input_writes_in_place_and_drops_its_view(engine):
 
 
 def test_multiple_inputs_and_outputs_by_their_own_quantization(engine):
-    """tests/data/multi_io.tflite (built by tools/build_demo_models): sum = a + b, joined = [a, 2b]."""
+    """tests/data/multi_io.tflite (built by tools/build/demo_models.py): sum = a + b, joined = [a, 2b]."""
     from edgeloop.runtime.tensors import dequantize, quantize
 
     model = engine.load(Path(__file__).parent / "data" / "multi_io.tflite")

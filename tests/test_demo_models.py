@@ -6,7 +6,7 @@ import numpy as np
 
 from edgeloop.models.store import ModelStore
 from edgeloop.runtime.engine import Engine, EngineConfig
-from edgeloop.tools.demo_data import load_holdout
+from edgeloop.models.demo_data import load_holdout
 
 
 def test_digits_models_hold_their_reported_accuracy_and_the_small_one_is_smaller(backend_name):
@@ -37,7 +37,7 @@ def test_digits_models_hold_their_reported_accuracy_and_the_small_one_is_smaller
 
 def test_vibration_models_hold_their_reported_accuracy_and_the_small_one_is_smaller(backend_name):
     from edgeloop.runtime.tensors import quantize
-    from edgeloop.tools.demo_data import load_vibration_holdout, vibration_features, vibration_windows
+    from edgeloop.models.demo_data import load_vibration_holdout, vibration_features, vibration_windows
 
     windows, labels = load_vibration_holdout()
     assert windows.shape == (1000, 128) and windows.dtype == np.int16

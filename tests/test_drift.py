@@ -9,7 +9,7 @@ from PIL import Image, ImageOps
 from conftest import camera_agent_config, running_agent, wait_for
 from edgeloop.models.store import ModelStore
 from edgeloop.runtime.drift import DriftMonitor, histogram, psi
-from edgeloop.tools.demo_data import load_holdout
+from edgeloop.models.demo_data import load_holdout
 
 
 def test_psi_is_small_for_the_held_out_data_and_large_for_shifted_data():

@@ -10,7 +10,7 @@ import sys
 import time
 
 
-from edgeloop.tools.faultproxy import FaultProxy
+from edgeloop.tools.testing.faultproxy import FaultProxy
 from conftest import wait_for
 
 DEVICE = r"""

@@ -13,7 +13,7 @@ import pytest
 from conftest import wait_for
 from edgeloop.sync.link import LinkConfig, MqttLink
 from edgeloop.sync.outbox import Outbox
-from edgeloop.tools.faultproxy import FaultProxy
+from edgeloop.tools.testing.faultproxy import FaultProxy
 
 
 def drain(tmp_path: Path, name: str, config: LinkConfig, n: int = 50, seconds: float = 15.0) -> tuple[set, MqttLink, int]:
@@ -64,7 +64,7 @@ def make_cert(d: Path, name: str, ca: str, san: str) -> None:
 def tls_broker(tmp_path):
     """A Mosquitto with a plain listener (for the regional receiver) and a TLS listener that
     requires a client certificate from our CA and a password."""
-    from edgeloop.sync.mosquitto import Mosquitto, free_port
+    from edgeloop.tools.testing.mosquitto import Mosquitto, free_port
 
     d = tmp_path / "pki"
     d.mkdir()

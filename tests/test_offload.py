@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import IMAGES
 from edgeloop.runtime.watchdog import DefaultRung, Ladder, LadderConfig, ModelRung
-from edgeloop.runtime.watchdog.faults import FaultyModel
+from edgeloop.tools.testing.faults import FaultyModel
 from edgeloop.runtime.watchdog.rungs import RungFailed, RungTimeout
 from edgeloop.sync.offload import OffloadRung, Offloader, Responder
 

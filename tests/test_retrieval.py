@@ -262,7 +262,7 @@ def test_cells_search_a_few_cells_and_still_find_the_neighbours(tmp_path, storag
 
 
 def test_bench_index_reports_its_keys():
-    from edgeloop.tools.bench_index import bench_index
+    from edgeloop.tools.bench.index import bench_index
 
     r = bench_index(n=3000, dim=64)
     for name in ("random", "clustered"):

@@ -104,7 +104,7 @@ def test_the_cascade_answers_confident_inputs_with_the_draft(engine):
 
 def test_cascade_report_on_the_shared_photos_and_crops(engine):
     from conftest import SHARED
-    from edgeloop.tools.bench_cascade import cascade_report
+    from edgeloop.tools.bench.cascade import cascade_report
 
     r = cascade_report(engine.load("mobilenet_v1_025"), engine.load("mobilenet_v2"), SHARED, 0.6, crops_per_photo=4)
     assert r["inputs"] == 25 and 0 < r["draft_share"] < 1

@@ -182,7 +182,7 @@ def test_closed_loop_an_anomaly_stops_the_motor_and_the_event_is_stored(sim, lin
 def test_bench_serial_reports_its_keys():
     from edgeloop.models.store import ModelStore
     from edgeloop.runtime.engine import Engine, EngineConfig
-    from edgeloop.tools.bench_serial import bench_serial
+    from edgeloop.tools.bench.serial import bench_serial
 
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         r = bench_serial(0.5, engine)

@@ -119,7 +119,7 @@ def test_broker_restarted_ten_times_during_a_drain(tmp_path, broker, regional):
 
 
 def test_bench_sync_reports_its_keys():
-    from edgeloop.tools.bench_sync import bench_sync
+    from edgeloop.tools.bench.sync import bench_sync
 
     r = bench_sync(seconds=0.3, records=2000)
     for key in ("enqueue_group_per_s", "enqueue_single_per_s", "group_commit_ratio", "enqueue_group_threads_per_s",

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import wait_for
 
-from edgeloop.runtime.agent.sync_worker import SyncSettings, SyncWorker
+from edgeloop.sync.worker import SyncSettings, SyncWorker
 from edgeloop.runtime.errors import ConfigError
 from edgeloop.runtime.retrieval import VectorIndex
 from edgeloop.sync.outbox import Outbox, OutboxError
@@ -61,7 +61,7 @@ def test_a_killed_worker_is_replaced_and_nothing_acknowledged_is_lost(tmp_path):
 def test_when_the_agent_dies_the_worker_stores_what_it_was_sent_and_exits(tmp_path):
     script = textwrap.dedent(f"""
         import os
-        from edgeloop.runtime.agent.sync_worker import SyncSettings, SyncWorker
+        from edgeloop.sync.worker import SyncSettings, SyncWorker
         if True:  # no __main__ guard needed: the worker is its own interpreter
             w = SyncWorker(SyncSettings({str(tmp_path)!r}, "sw-4", "f"))
             w.enqueue_many([("events", {{"n": n}}) for n in range(300)])

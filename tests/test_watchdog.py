@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import IMAGES, REPO as REPO_ROOT, wait_for
 from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
-from edgeloop.runtime.watchdog.faults import FaultyModel
+from edgeloop.tools.testing.faults import FaultyModel
 
 DEADLINE = 0.05
 
@@ -182,7 +182,7 @@ def test_a_cache_miss_is_no_step_down_so_the_ladder_climbs_back_past_the_cache()
 
 def test_bench_watchdog_reports_availability_per_fault_and_the_overheads(engine):
     from conftest import SHARED
-    from edgeloop.tools.bench_watchdog import bench_watchdog
+    from edgeloop.tools.bench.watchdog import bench_watchdog
 
     r = bench_watchdog(engine, SHARED, requests=100, faults=("hang", "burst"), cascade=False)
     assert 0 < r["router_overhead_us"] < 1000 and r["worker_handoff_us"] > 0
@@ -225,7 +225,7 @@ def test_systemd_pings_only_while_the_pipeline_makes_progress(tmp_path, monkeypa
     finally:
         dog.stop()
         sock.close()
-    assert (REPO_ROOT / "tools" / "systemd" / "edgeloop.service").read_text().count("WatchdogSec=") == 1
+    assert (REPO_ROOT / "tools" / "deploy" / "edgeloop.service").read_text().count("WatchdogSec=") == 1
 
 
 def test_isolated_mode_kills_a_wedged_worker_process_and_starts_another(coral_manifest, models, cat, backend_name):

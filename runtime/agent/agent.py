@@ -14,7 +14,7 @@
   the MCU's (a window of samples as ``.npy``). Each is recorded like a camera inference.
 - Sinks: the durable outbox under ``data_dir``, drained to ``broker`` when one is set, and the
   local retrieval index (embeddings of every ``camera.index_every``-th frame and of alerts),
-  both kept by the sync worker, a child process (``sync_worker.py``).
+  both kept by the sync worker, a child process (``sync/worker.py``).
 - A status line every ``status_every_s``. ``stop()`` (SIGINT/SIGTERM) stops the sources,
   lets in-flight work finish, closes the link and the outbox; nothing accepted is lost.
 """
@@ -87,7 +87,7 @@ class Agent:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "Agent":
-        from .sync_worker import SyncSettings, SyncWorker
+        from edgeloop.sync.worker import SyncSettings, SyncWorker
 
         c = self.config
         c.data_path.mkdir(parents=True, exist_ok=True)
@@ -319,7 +319,7 @@ class Agent:
         from edgeloop.runtime.results import Class, Classification
         from edgeloop.runtime.tensors import quantize
         from edgeloop.runtime.watchdog import DefaultRung, Ladder, LadderConfig, ModelRung
-        from edgeloop.tools.demo_data import vibration_features
+        from edgeloop.models.demo_data import vibration_features
 
         primary = self.engine.load(m.model)
         rungs = [ModelRung(m.model, primary, hang_s=0.5)]

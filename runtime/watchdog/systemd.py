@@ -1,6 +1,6 @@
 """systemd integration: ``READY=1`` once serving, and ``WATCHDOG=1`` pings only while the
 pipeline makes progress. A process that is truly stuck stops pinging, and systemd
-(``WatchdogSec=`` in ``tools/systemd/edgeloop.service``) restarts it. The notify protocol is
+(``WatchdogSec=`` in ``tools/deploy/edgeloop.service``) restarts it. The notify protocol is
 one datagram per message on ``$NOTIFY_SOCKET``; without it (not under systemd) nothing is sent."""
 
 from __future__ import annotations

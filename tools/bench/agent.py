@@ -107,8 +107,8 @@ def _interference(workdir: Path, engine: Any, seconds: float, models: dict[str, 
     agent's default cap and writes the index; ``rounds`` times, alone and busy side by side,
     for a median of the per-round ratios (this machine is shared and noisy)."""
     from edgeloop.runtime.agent import AgentConfig
-    from edgeloop.runtime.agent.sync_worker import SyncSettings, SyncWorker
-    from edgeloop.sync.mosquitto import Mosquitto
+    from edgeloop.sync.worker import SyncSettings, SyncWorker
+    from edgeloop.tools.testing.mosquitto import Mosquitto
     from edgeloop.sync.outbox import Outbox
 
     loaded = {name: (engine.load(ref), source) for name, (ref, source) in models.items()}

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeloop.runtime import kernels
 
-from .bench import BLOCK, summarize
+from . import BLOCK, summarize
 
 
 def parse_frame(text: str) -> tuple[int, int]:

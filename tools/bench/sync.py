@@ -105,7 +105,7 @@ def _drain_over_rtt(workdir: Path, port: int, records: int, rtt_s: float, window
                     per_message: int) -> dict[str, Any]:
     """The drain through the fault proxy with a round trip added: the link must keep its
     window full, so it should approach window x records per message / RTT."""
-    from .faultproxy import FaultProxy
+    from edgeloop.tools.testing.faultproxy import FaultProxy
 
     proxy = FaultProxy(port, rtt_s=rtt_s)
     try:
@@ -146,7 +146,7 @@ def _paho_rates(port: int, messages: int) -> dict[str, float]:
 
 
 def bench_sync(seconds: float = 2.0, records: int = 50_000) -> dict[str, Any]:
-    from edgeloop.sync.mosquitto import Mosquitto
+    from edgeloop.tools.testing.mosquitto import Mosquitto
 
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-sync-") as tmp:
         workdir = Path(tmp)

@@ -16,7 +16,7 @@ def register(sub: Any, common: Any) -> None:
     sp.add_argument("--device", default="local", help="device name (only labels the output)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(handler=cmd_stats)
-    from .regional_cmd import register_drain
+    from .regional import register_drain
 
     register_drain(osub)
 
@@ -25,7 +25,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from edgeloop.runtime.errors import ConfigError
     from edgeloop.sync.outbox import Outbox
 
-    from .cli import print_json
+    from .common import print_json
 
     if not args.db.exists():
         raise ConfigError(f"--db: {args.db} does not exist", "give the path of the device's outbox file")

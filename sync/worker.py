@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 import msgpack
 
+from edgeloop.runtime import logs
 from edgeloop.runtime.errors import ConfigError, EdgeloopError
 
 log = logging.getLogger("edgeloop.sync-worker")
@@ -200,7 +201,7 @@ def _child_main(fd: int, settings: SyncSettings) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if settings.nice:
         os.nice(settings.nice)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(prefix="edgeloop sync-worker")
     conn = Connection(fd)
     try:
         server = _Server(conn, settings)

@@ -50,7 +50,7 @@ def report() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import print_json
+    from .common import print_json
 
     data = report()
     if args.json:

@@ -1,6 +1,6 @@
 """Build the project's INT8 demo models (needs the ``build`` extra: TensorFlow, scikit-learn).
 
-    python -m edgeloop.tools.build_demo_models [--out models/]
+    python -m edgeloop.tools.build.demo_models [--out models/]
 
 Trains on scikit-learn's bundled digits (no download), quantizes fully to
 INT8 with a representative dataset, writes the ``.tflite``, the held-out set,
@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .demo_data import DIGITS_SIZE, digits_to_images
+from edgeloop.models.demo_data import DIGITS_SIZE, digits_to_images
 
 SEED = 0
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-TEST_DATA_DIR = Path(__file__).resolve().parent.parent / "tests" / "data"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+TEST_DATA_DIR = Path(__file__).resolve().parents[2] / "tests" / "data"
 
 
 def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,7 +153,7 @@ def build_vibration(out: Path) -> dict[str, dict[str, object]]:
 
     from edgeloop.runtime.drift import histogram
 
-    from .demo_data import VIBRATION_CLASSES, vibration_features, vibration_windows
+    from edgeloop.models.demo_data import VIBRATION_CLASSES, vibration_features, vibration_windows
 
     tf.keras.utils.set_random_seed(SEED)
     train_counts, train_y = vibration_windows(4000, seed=SEED)
@@ -223,7 +223,7 @@ def build_multi_io(out: Path) -> dict[str, object]:
 
 
 MANIFEST_HEAD = """\
-# The project's own demo models, built by `python -m edgeloop.tools.build_demo_models`.
+# The project's own demo models, built by `python -m edgeloop.tools.build.demo_models`.
 # Format: see models/manifest.py.
 schema = 1
 """
@@ -271,7 +271,7 @@ CARD = """\
 - Held-out accuracy (the INT8 file, LiteRT): **{accuracy:.4f}**
 - Size: {size} bytes. Latency: {latency_ms:.3f} ms per image (1 thread, LiteRT, at build time).
 - Sample images the model misreads: {misread_samples}.
-- Built with TensorFlow {tensorflow}: `python -m edgeloop.tools.build_demo_models`.
+- Built with TensorFlow {tensorflow}: `python -m edgeloop.tools.build.demo_models`.
 """
 
 
@@ -285,7 +285,7 @@ VIBRATION_CARD = """\
 
 - Task: tell a motor's state from a 128-sample accelerometer window at 1 kHz (int16 counts,
   8,192 per g, from the MCU): normal, imbalance, misalignment, bearing (outer-race defect).
-- Data: synthetic and physically motivated (`tools/demo_data.py`: shaft 20-30 Hz; 1x for
+- Data: synthetic and physically motivated (`models/demo_data.py`: shaft 20-30 Hz; 1x for
   imbalance, 2x for misalignment, impulses at 3.58x shaft speed ringing at ~270 Hz for the
   bearing), 4,000 training windows (seed {seed}), 1,000 held out (seed {seed} + 1) in
   `samples/vibration_holdout.npz`.
@@ -294,7 +294,7 @@ VIBRATION_CARD = """\
 - Quantization: full INT8 post-training, representative set of 300 training windows; int8 in and out.
 - Held-out accuracy (the INT8 file, LiteRT): **{accuracy:.4f}**
 - Size: {size} bytes. Latency: {latency_ms:.3f} ms per window (1 thread, LiteRT, at build time).
-- Built with `python -m edgeloop.tools.build_demo_models`.
+- Built with `python -m edgeloop.tools.build.demo_models`.
 """
 
 

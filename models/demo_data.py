@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 DIGITS_SIZE = 32  # the camera-style input: 32x32 grey, upscaled from scikit-learn's 8x8 digits
-HOLDOUT_FILE = Path(__file__).resolve().parent.parent / "models" / "samples" / "digits_holdout.npz"
+HOLDOUT_FILE = Path(__file__).resolve().parent / "samples" / "digits_holdout.npz"
 
 
 def digits_to_images(digits8: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ VIBRATION_CLASSES = ("normal", "imbalance", "misalignment", "bearing")
 VIBRATION_FS = 1000.0  # samples a second
 VIBRATION_WINDOW = 128
 VIBRATION_SCALE = 8192.0  # int16 counts per g: the MCU sends counts, the model takes g
-VIBRATION_HOLDOUT = Path(__file__).resolve().parent.parent / "models" / "samples" / "vibration_holdout.npz"
+VIBRATION_HOLDOUT = Path(__file__).resolve().parent / "samples" / "vibration_holdout.npz"
 
 
 def vibration_windows(n: int, seed: int, classes: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[np.ndarray, np.ndarray]:

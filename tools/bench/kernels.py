@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeloop.runtime import kernels
 
-from .bench import BLOCK
+from . import BLOCK
 
 SIZES = ((640, 480), (1920, 1080))
 OUT = (224, 224)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgeloop.runtime.errors import ConfigError, InputError
 
-    from .cli import EXIT_ERROR, engine_from_args, print_json
+    from .common import EXIT_ERROR, engine_from_args, print_json
 
     if args.top < 1:
         raise ConfigError(f"--top: {args.top} is not positive", "use --top 1 or more")

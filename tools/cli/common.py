@@ -1,21 +1,16 @@
-"""The ``edgeloop`` command line.
-
-Heavy modules (the backend, Pillow) are imported by the sub-command that needs
-them, so ``edgeloop --help`` and cold starts stay fast on small devices.
-"""
+"""What every sub-command shares: the engine flags and the engine built from them, JSON output,
+the exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from edgeloop.runtime.errors import ConfigError, EdgeloopError
+from edgeloop.runtime.errors import ConfigError
 
-EXIT_ERROR = 2
+EXIT_ERROR = 2  # a usage or configuration error (what argparse uses too)
 
 
 def _delegate_options(pairs: Sequence[str]) -> dict[str, str]:
@@ -44,7 +39,7 @@ def engine_from_args(args: argparse.Namespace) -> Any:
     return Engine(config, ModelStore.from_env(extra=args.manifest))
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def engine_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--backend", help="auto (default), litert or tflite_runtime [EDGELOOP_BACKEND]")
     g.add_argument("--threads", type=int, help="interpreter threads (default: cores, at most 4) [EDGELOOP_NUM_THREADS]")
@@ -61,52 +56,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                    help="run a registered model whose sha256 does not match, after the isolated check")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import bench, doctor, index_cmd, infer, models_cmd, outbox_cmd, regional_cmd, run_cmd, status_cmd
-
-    parser = argparse.ArgumentParser(prog="edgeloop", description="On-device inference runtime.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-json", action="store_true",
-                        help="structured logs: one JSON object a line on stderr [EDGELOOP_LOG_FORMAT=json]")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run_cmd, status_cmd, doctor, infer, bench, models_cmd, outbox_cmd, regional_cmd, index_cmd):
-        module.register(sub, _common)
-    return parser
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 6), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="edgeloop: %(levelname)s %(message)s", stream=sys.stderr)
-    if args.log_json or os.environ.get("EDGELOOP_LOG_FORMAT") == "json":
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except EdgeloopError as exc:
-        print(f"edgeloop: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokenPipeError:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

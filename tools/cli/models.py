@@ -27,7 +27,7 @@ def register(sub: Any, common: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .cli import engine_from_args, print_json
+    from .common import engine_from_args, print_json
 
     store = engine_from_args(args).store
     rows = []
@@ -79,7 +79,7 @@ def _verify_entry(engine: Any, entry: Any) -> dict[str, Any]:
 def cmd_verify(args: argparse.Namespace) -> int:
     from edgeloop.runtime.errors import ModelNotFound
 
-    from .cli import engine_from_args, print_json
+    from .common import engine_from_args, print_json
 
     engine = engine_from_args(args)
     try:
@@ -107,7 +107,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from edgeloop.runtime.vetting import vet_model
 
-    from .cli import engine_from_args, print_json
+    from .common import engine_from_args, print_json
 
     engine = engine_from_args(args)
     entry = engine.store.resolve(args.model)

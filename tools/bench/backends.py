@@ -14,7 +14,7 @@ import numpy as np
 from edgeloop.runtime.backends import AUTO_ORDER, get_backend
 from edgeloop.runtime.errors import BackendUnavailable
 
-from .bench import BLOCK, summarize
+from . import BLOCK, summarize
 
 
 def compare_backends(model_path: str, threads: int, seconds: float, warmup: int = 10) -> dict[str, Any]:

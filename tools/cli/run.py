@@ -27,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edgeloop.runtime.agent import Agent, load_config
     from edgeloop.runtime.agent.agent import inference_threads
 
-    from .cli import engine_from_args
+    from .common import engine_from_args
 
     config = load_config(args.config)
     overrides = {k: v for k, v in (("broker", args.broker), ("data_dir", args.data_dir),

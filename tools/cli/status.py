@@ -36,7 +36,7 @@ def read_status(url: str) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .cli import print_json
+    from .common import print_json
 
     status = read_status(args.url)
     if args.json:

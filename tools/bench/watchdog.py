@@ -80,7 +80,7 @@ def overheads(n: int = 20_000) -> dict[str, float]:
 
 def _scenario(engine: Any, models: tuple[str, str], fault: str, requests: int, images: list[Any]) -> dict[str, Any]:
     from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
-    from edgeloop.runtime.watchdog.faults import FaultyModel
+    from edgeloop.tools.testing.faults import FaultyModel
 
     big = FaultyModel(engine.load(models[0]))
     config = LadderConfig(deadline_s=0.05, window_s=1.0, min_samples=5, recover_s=0.3, probe_every_s=0.05,
@@ -148,7 +148,7 @@ def bench_watchdog(engine: Any, shared: Path, requests: int = 1000, faults: tupl
     for fault in faults:
         result[fault] = _scenario(engine, models, fault, requests, images)
     if cascade:
-        from .bench_cascade import cascade_report
+        from .cascade import cascade_report
 
         result["cascade"] = cascade_report(engine.load(models[1]), engine.load(models[0]), shared)
     return result

@@ -62,7 +62,7 @@ def _embedder(args: argparse.Namespace) -> tuple[Any, Any, tuple[str, str] | Non
         def vector(path: Any) -> np.ndarray:
             return _npy(path)
         return None, vector, None
-    from .cli import engine_from_args
+    from .common import engine_from_args
 
     engine = engine_from_args(args)
     model = engine.load(args.model)
@@ -99,7 +99,7 @@ def _open(args: argparse.Namespace) -> Any:
 def cmd_add(args: argparse.Namespace) -> int:
     from edgeloop.runtime.retrieval import Imprinter
 
-    from .cli import print_json
+    from .common import print_json
 
     engine, embed, identity = _embedder(args)
     try:
@@ -130,7 +130,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from edgeloop.runtime.retrieval import Imprinter
     from edgeloop.runtime.retrieval.imprint import DEFAULT_THRESHOLD
 
-    from .cli import print_json
+    from .common import print_json
 
     where = {}
     for pair in args.where:
@@ -176,7 +176,7 @@ def _typed(value: str) -> Any:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .cli import print_json
+    from .common import print_json
 
     with _open(args) as index:
         stats = {name: index.collection(name).stats() for name in index.names()}
@@ -194,7 +194,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from edgeloop.runtime.retrieval import export_delta
 
-    from .cli import print_json
+    from .common import print_json
 
     with _open(args) as index:
         c = index.collection(args.collection)
@@ -212,7 +212,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from edgeloop.runtime.errors import ConfigError
     from edgeloop.runtime.retrieval.delta import import_into
 
-    from .cli import print_json
+    from .common import print_json
 
     try:
         data = args.delta.read_bytes()
@@ -227,7 +227,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from edgeloop.runtime.errors import ConfigError
 
-    from .cli import print_json
+    from .common import print_json
 
     if not args.model:
         raise ConfigError("--model is required to rebuild", "name the embedding model to re-embed with")

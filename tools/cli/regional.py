@@ -42,7 +42,7 @@ def register_drain(osub: Any) -> None:
 def cmd_regional(args: argparse.Namespace) -> int:
     from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
 
-    from .cli import print_json
+    from .common import print_json
 
     if args.action == "stats":
         if not args.db.exists():
@@ -88,7 +88,7 @@ def _responder(args: argparse.Namespace, host: str, port: int) -> tuple[Any, Any
         return None, None
     from edgeloop.sync.offload import Responder
 
-    from .cli import engine_from_args
+    from .common import engine_from_args
 
     pairs = []
     for item in args.respond:
