@@ -29,7 +29,7 @@ run: $(VENV)/.installed
 test: test-main test-tflite
 
 # The sync tests start their own Mosquitto (Debian's package) on loopback, and inject crashes
-# with strace.
+# with strace; the metrics are checked by Debian's promtool (package prometheus; its service is not started).
 mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto)
@@ -37,6 +37,8 @@ mosquitto:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace)
 	@command -v openssl >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl)
+	@command -v promtool >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 test-main: $(VENV)/.installed mosquitto
 	EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest

@@ -25,15 +25,18 @@ class ClosedLoop:
         self.windows = 0
         self.commands = 0
         self.failures: dict[str, int] = {}
+        self.telemetry_every_s = 1.0
+        # Kept across run() calls: a caller that serves in short slices still gets its telemetry
+        # (a timer started anew in each call of less than a second never fired).
+        self._next_telemetry = time.monotonic() + self.telemetry_every_s
 
     def run(self, seconds: float) -> dict[str, Any]:
         """Serve the loop for ``seconds``; returns its figures."""
         deadline = time.monotonic() + seconds
-        next_telemetry = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            if self.outbox is not None and time.monotonic() >= next_telemetry:
+            if self.outbox is not None and time.monotonic() >= self._next_telemetry:
                 self._telemetry()
-                next_telemetry += 1.0
+                self._next_telemetry = max(self._next_telemetry + self.telemetry_every_s, time.monotonic())
             try:
                 window = self.link.sensor.get(timeout=0.1)
             except queue.Empty:

@@ -16,6 +16,7 @@ from . import results
 from .backends import BackendInterpreter
 from .errors import InferenceError, InputError
 from .image_input import image_to_input, load_image, write_frame
+from .prepared import PreparedFrame
 from .tensors import TensorSpec
 
 
@@ -49,6 +50,12 @@ class LoadedModel:
         self.inputs: tuple[TensorSpec, ...] = first.inputs
         self.outputs: tuple[TensorSpec, ...] = first.outputs
         self.stats = ModelStats(interpreters=1)
+        q = self.inputs[0].quantization if self.inputs else None
+        # Models whose input 0 takes the same tensor share one conversion of a frame (PreparedFrame).
+        self.frame_spec_key = (self.inputs[0].shape, self.inputs[0].dtype.str,
+                               None if q is None else (tuple(q.scales.ravel().tolist()),
+                                                       tuple(q.zero_points.ravel().tolist())),
+                               entry.input) if self.inputs else None
         self._make = make_interpreter
         self._local = threading.local()
         self._local.interp = first
@@ -131,6 +138,8 @@ class LoadedModel:
         spec = self.inputs[0]
         if isinstance(source, np.ndarray):
             return source
+        if isinstance(source, PreparedFrame):
+            return source.tensor_for(self)
         if hasattr(source, "convert"):  # a PIL image
             return image_to_input(source, spec, self.entry.input)
         path = Path(source)

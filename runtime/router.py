@@ -67,8 +67,9 @@ class Router:
         self.counts: dict[str, int] = {}
         self.shadow_stats: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
-        self._shadow: queue.Queue[tuple[str, Any, Any]] = queue.Queue(shadow_queue)
-        threading.Thread(target=self._shadow_loop, name="router-shadow", daemon=True).start()
+        self._shadow: queue.Queue[tuple[str, Any, Any] | None] = queue.Queue(shadow_queue)
+        self._shadow_thread = threading.Thread(target=self._shadow_loop, name="router-shadow", daemon=True)
+        self._shadow_thread.start()
 
     def _check(self, task: str, route: Route) -> None:
         named = [route.primary, *route.domains.values(), *route.versions.values(),
@@ -131,7 +132,10 @@ class Router:
 
     def _shadow_loop(self) -> None:
         while True:
-            name, source, answer = self._shadow.get()
+            job = self._shadow.get()
+            if job is None:
+                return
+            name, source, answer = job
             start = time.monotonic()
             try:
                 candidate = self.slots[name].serve(source)
@@ -148,6 +152,22 @@ class Router:
                                                     "latency_ms": 0.0})
             for key, value in delta.items():
                 s[key] += value
+
+    def close(self) -> None:
+        """End the shadow thread (the slots are their owner's to close)."""
+        while True:
+            try:
+                self._shadow.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                try:
+                    self._shadow.get_nowait()
+                except queue.Empty:
+                    pass
+        self._shadow_thread.join(2)
+
+    def routes(self) -> dict[str, Route]:
+        return dict(self._routes)
 
     def shadow_report(self) -> dict[str, dict[str, float]]:
         with self._lock:

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
-
-from edgeloop.runtime.errors import ConfigError
+from paho.mqtt.properties import Properties
 
 from .codec import encode_batch
+from .mqtt_client import BrokerConfig, Guard, make_client, parse_broker  # noqa: F401 (parse_broker: re-exported)
 from .outbox import Outbox
+from .topics import DEFAULT_FLEET, topic
 
 log = logging.getLogger("edgeloop.link")
 
@@ -41,26 +38,11 @@ def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> floa
     return rng.uniform(low, min(high, low * 2 ** min(attempt, 30)))
 
 
-def parse_broker(text: str) -> tuple[str, int]:
-    """``HOST`` or ``HOST:PORT`` (1883 when no port is given)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, 1883
-    if not port.isdigit() or not host:
-        raise ConfigError(f"--broker: '{text}' is not HOST or HOST:PORT", "for example --broker 127.0.0.1:1883")
-    return host, int(port)
-
-
-def topic(fleet: str, device: str, kind: str) -> str:
-    """``edgeloop/v1/{fleet}/{device}/{kind}``, the convention of the design handbook."""
-    return f"edgeloop/v1/{fleet}/{device}/{kind}"
-
-
 @dataclass(frozen=True)
 class LinkConfig:
     host: str
     port: int = 1883
-    fleet: str = "default"
+    fleet: str = DEFAULT_FLEET
     device: str = "device"
     protocol: str = "5"  # "5", or "3.1.1"; a broker that refuses 5 is retried with 3.1.1
     username: str | None = None
@@ -76,6 +58,14 @@ class LinkConfig:
     backoff_min_s: float = 0.2
     backoff_max_s: float = 30.0
     max_records_per_s: float = 0.0  # a cap on the drain (0: none), so a long catch-up leaves CPU to inference
+
+    def __repr__(self) -> str:  # never a password in a log line
+        return f"LinkConfig({self.host}:{self.port}, {self.fleet}/{self.device})"
+
+    @property
+    def broker(self) -> BrokerConfig:
+        return BrokerConfig(self.host, self.port, self.protocol, self.username, self.password, self.ca_file,
+                            self.cert_file, self.key_file, self.keepalive_s, self.backoff_min_s, self.backoff_max_s)
 
 
 class MqttLink:
@@ -100,29 +90,22 @@ class MqttLink:
         self._protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self.last_backoff_s = 0.0
         self._next_send = 0.0  # when the drain may send again under max_records_per_s
+        self.guard = Guard("link")
         self._client = self._make_client()
         self._drainer = threading.Thread(target=self._drain_loop, name="link-drain", daemon=True)
 
     def _make_client(self) -> mqtt.Client:
         c = self.config
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeloop-{c.fleet}-{c.device}",
-                             protocol=self._protocol,
-                             clean_session=None if self._protocol == mqtt.MQTTv5 else False)
+        client = make_client(c.broker, f"edgeloop-{c.fleet}-{c.device}",
+                             protocol="5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
+                             will=(topic(c.fleet, c.device, "status"), b"offline"), persistent=True)
         client.max_inflight_messages_set(c.inflight_window)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(c.backoff_min_s, c.backoff_min_s)  # each wait is set by _back_off
-        if c.username is not None:
-            client.username_pw_set(c.username, c.password)
-        if c.ca_file:
-            client.tls_set(ca_certs=c.ca_file, certfile=c.cert_file, keyfile=c.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)
-        status = topic(c.fleet, c.device, "status")
-        client.will_set(status, b"offline", qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_socket_open = self._on_socket_open
-        client.on_connect_fail = lambda client, userdata: self._back_off()
+        client.on_connect = self.guard(self._on_connect)
+        client.on_disconnect = self.guard(self._on_disconnect)
+        client.on_publish = self.guard(self._on_publish)
+        client.on_connect_fail = self.guard(lambda client, userdata: self._back_off())
         return client
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -172,7 +155,7 @@ class MqttLink:
             return {"state": self.state, "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
                     "in_flight_messages": len(self._pending),
                     "published_messages": self.published, "delivered_records": self.delivered,
-                    "last_backoff_s": round(self.last_backoff_s, 3)}
+                    "last_backoff_s": round(self.last_backoff_s, 3), "callback_errors": self.guard.errors}
 
     # -- paho callbacks (its network thread) ----------------------------------------------
 
@@ -191,12 +174,6 @@ class MqttLink:
             self.state = ONLINE
             self._wake.notify_all()
         log.info("link: online to %s:%d", c.host, c.port)
-
-    @staticmethod
-    def _on_socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # paho leaves Nagle on: a small publish would wait for the broker's delayed ACK.
-        if hasattr(sock, "setsockopt"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _back_off(self) -> None:
         """Before paho's next reconnect: the wait for it (paho's own backoff has no jitter)."""

@@ -19,14 +19,15 @@ from typing import Any, Callable
 
 import msgpack
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeloop.runtime.errors import EdgeloopError
 from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 from edgeloop.runtime.watchdog.rungs import Rung, RungFailed, RungTimeout
 
-from .link import topic
+from .mqtt_client import BrokerConfig, Guard, make_client
+from .topics import has_wildcard, topic
 
 log = logging.getLogger("edgeloop.offload")
 
@@ -34,7 +35,7 @@ log = logging.getLogger("edgeloop.offload")
 class Offloader:
     """The device end: ``request(task, source, timeout_s)`` → the regional answer (a dict)."""
 
-    def __init__(self, host: str, port: int, fleet: str, device: str, request_topic: str | None = None) -> None:
+    def __init__(self, broker: BrokerConfig, fleet: str, device: str, request_topic: str | None = None) -> None:
         """``request_topic``: where requests go (default: this device's ``req``, which the
         regional responders answer; a device agent answers on its ``req/infer``)."""
         self.fleet, self.device = fleet, device
@@ -43,13 +44,12 @@ class Offloader:
         self.online = threading.Event()
         self._waiting: dict[bytes, tuple[threading.Event, list[Any]]] = {}
         self._lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edgeloop-offload-{fleet}-{device}",
-                                   protocol=mqtt.MQTTv5)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = lambda *a: self.online.clear()
-        self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(0.2, 5.0)
-        self._client.connect_async(host, port, keepalive=15)
+        self.guard = Guard("offload")
+        self._client = make_client(broker, f"edgeloop-offload-{fleet}-{device}", protocol="5")
+        self._client.on_connect = self.guard(self._on_connect)
+        self._client.on_disconnect = self.guard(lambda *a: self.online.clear())
+        self._client.on_message = self.guard(self._on_message)
+        self._client.connect_async(broker.host, broker.port, keepalive=15)
         self._client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -116,23 +116,30 @@ class OffloadRung(Rung):
 class Responder:
     """Answers requests with ``models[task](input)`` (each a callable returning a dict). The
     regional end answers ``fleet``'s devices (``share`` puts several responders on one shared
-    subscription); a device agent gives its own ``subscription``."""
+    subscription); a device agent gives its own ``subscription``.
+
+    MQTT 5 makes correlation data optional: a request without it is answered without it. A
+    request without a usable response topic (none, or one with a wildcard, which the broker
+    forwards but no client may publish to) cannot be answered: it is logged and counted in
+    ``unanswerable``. An error answer names the problem and the fix, never an internal repr."""
 
     MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
-    def __init__(self, host: str, port: int, fleet: str, models: dict[str, Callable[[Any], dict[str, Any]]],
+    def __init__(self, broker: BrokerConfig, fleet: str, models: dict[str, Callable[[Any], dict[str, Any]]],
                  share: str | None = None, client_id: str = "edgeloop-responder",
                  subscription: str | None = None) -> None:
         self.models = models
         self.answered = 0
         self.failed = 0
+        self.unanswerable = 0
         self.connected = threading.Event()
         wanted = subscription or topic(fleet, "+", "req")
         self._subscription = f"$share/{share}/{wanted}" if share else wanted
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.connect_async(host, port, keepalive=15)
+        self.guard = Guard("responder")
+        self._client = make_client(broker, client_id, protocol="5")
+        self._client.on_connect = self.guard(self._on_connect)
+        self._client.on_message = self.guard(self._on_message)
+        self._client.connect_async(broker.host, broker.port, keepalive=15)
 
     def start(self) -> "Responder":
         self._client.loop_start()
@@ -147,31 +154,61 @@ class Responder:
         props = message.properties
         reply_to = getattr(props, "ResponseTopic", None)
         cid = getattr(props, "CorrelationData", None)
-        if not reply_to or cid is None:
-            self.failed += 1
-            return  # not a request we can answer
-        try:
-            if len(message.payload) > self.MAX_REQUEST_BYTES:
-                raise ValueError(f"the request is {len(message.payload)} bytes; at most {self.MAX_REQUEST_BYTES} "
-                                 "are taken: send a smaller image")
-            request = msgpack.unpackb(message.payload, raw=False)
-            if not isinstance(request, dict) or not isinstance(request.get("input"), bytes):
-                raise ValueError("a request is a msgpack map {task, input: bytes, kind}")
-            model = self.models.get(request.get("task"))
-            if model is None:
-                self.failed += 1
-                answer = {"ok": False, "error": f"no model for task {request.get('task')!r} here; "
-                                                f"tasks: {', '.join(sorted(self.models))}"}
-            else:
-                answer = {"ok": True, "result": model(from_bytes(request["input"], request.get("kind", "png")))}
-                self.answered += 1
-        except Exception as exc:  # a bad request gets an answer saying so; the responder goes on
-            self.failed += 1
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if not reply_to or has_wildcard(reply_to):
+            self.unanswerable += 1
+            log.warning("request on %s: %s; not answered", message.topic,
+                        "no response topic" if not reply_to else f"response topic {reply_to!r} has a wildcard")
+            return
+        answer = self.answer(message.payload)
         out = Properties(PacketTypes.PUBLISH)
-        out.CorrelationData = cid
+        if cid is not None:
+            out.CorrelationData = cid
         client.publish(reply_to, msgpack.packb(answer, use_bin_type=True), qos=0, properties=out)
+
+    def answer(self, payload: bytes) -> dict[str, Any]:
+        """The answer to one request's payload: ``{ok, result}`` or ``{ok: false, error}``."""
+        try:
+            result = self._answer(payload)
+        except RequestRefused as exc:
+            self.failed += 1
+            return {"ok": False, "error": str(exc)}
+        except EdgeloopError as exc:  # the model's own typed error: its problem and fix
+            self.failed += 1
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # ours, not the asker's: logged here, not sent
+            self.failed += 1
+            log.exception("request: answering failed")
+            return {"ok": False, "error": f"the device could not answer ({type(exc).__name__}); "
+                                          "its log has the details"}
+        self.answered += 1
+        return {"ok": True, "result": result}
+
+    def _answer(self, payload: bytes) -> dict[str, Any]:
+        if len(payload) > self.MAX_REQUEST_BYTES:
+            raise RequestRefused(f"the request is {len(payload)} bytes; at most {self.MAX_REQUEST_BYTES} are "
+                                 "taken: send a smaller image")
+        try:
+            request = msgpack.unpackb(payload, raw=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise RequestRefused("the request is not one msgpack map: send {task, input: bytes, kind}") from exc
+        if not isinstance(request, dict) or not isinstance(request.get("input"), bytes):
+            raise RequestRefused("a request is a msgpack map {task, input: bytes, kind}")
+        task = request.get("task")
+        model = self.models.get(task) if isinstance(task, str) else None
+        if model is None:
+            raise RequestRefused(f"no model for task {task!r} here; tasks: {', '.join(sorted(self.models))}")
+        kind = request.get("kind", "png")
+        try:
+            source = from_bytes(request["input"], kind if isinstance(kind, str) else "")
+        except Exception as exc:
+            raise RequestRefused(f"the input does not decode as {kind!r}: send PNG/JPEG/BMP bytes (kind 'png' "
+                                 "or 'jpg') or numpy.save bytes (kind 'npy')") from exc
+        return model(source)
 
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+class RequestRefused(Exception):
+    """A request that cannot be answered, said to the asker as it is."""

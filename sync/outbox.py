@@ -383,13 +383,15 @@ class Outbox:
                  trace: str | None) -> list[_Pending]:
         now = time.time()
         records = []
-        for stream, body in items:
+        for item in items:  # (stream, body) or (stream, body, trace): a trace of its own
+            stream, body = item[0], item[1]
+            item_trace = item[2] if len(item) > 2 else trace
             if not isinstance(stream, str) or not stream:
                 raise ConfigError(f"stream: {stream!r} is not a stream name", "name the stream, e.g. 'vibration'")
             policy = self.policy(stream)
             ttl = ttl_s if ttl_s is not None else policy.ttl_s
             records.append(_Pending(stream, encode_body(body), policy.priority if priority is None else priority,
-                                    None if ttl is None else now + ttl, trace, now))
+                                    None if ttl is None else now + ttl, item_trace, now))
         return records
 
     def _submit(self, ticket: _Ticket) -> _Ticket:

@@ -18,12 +18,12 @@ from typing import Any
 import apsw
 import msgpack
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .codec import MalformedEnvelope, decode_batch
-from .link import topic
+from .mqtt_client import BrokerConfig, Guard, make_client
+from .topics import DEFAULT_FLEET, topic
 
 log = logging.getLogger("edgeloop.regional")
 
@@ -97,18 +97,18 @@ class RegionalStore:
 class RegionalReceiver:
     """Subscribes and stores. ``share`` names an MQTT 5 shared-subscription group."""
 
-    def __init__(self, store: RegionalStore, host: str, port: int = 1883, fleet: str = "default",
+    def __init__(self, store: RegionalStore, broker: BrokerConfig, fleet: str = DEFAULT_FLEET,
                  share: str | None = None, client_id: str | None = None) -> None:
         self.store = store
-        self.host, self.port = host, port
+        self.broker = broker
         pattern = topic(fleet, "+", "data/#")
         self.subscription = f"$share/{share}/{pattern}" if share else pattern
         self.client_id = client_id
         # Manual acknowledgement: PUBACK only once the records are committed.
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "", protocol=mqtt.MQTTv5,
-                                  manual_ack=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
+        self.guard = Guard("receiver")
+        self.client = make_client(broker, client_id or "", protocol="5", manual_ack=True)
+        self.client.on_connect = self.guard(self._on_connect)
+        self.client.on_message = self.guard(self._on_message)
         self.client.reconnect_delay_set(0.2, 10)
         self.connected = threading.Event()
         self.messages = 0  # payloads this receiver handled
@@ -136,7 +136,7 @@ class RegionalReceiver:
         if self.client_id:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = 24 * 3600
-        self.client.connect_async(self.host, self.port, 30, clean_start=not self.client_id, properties=properties)
+        self.client.connect_async(self.broker.host, self.broker.port, 30, clean_start=not self.client_id, properties=properties)
         self.client.loop_start()
 
     def stop(self) -> None:

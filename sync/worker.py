@@ -30,12 +30,15 @@ import threading
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 
 from edgeloop.runtime import logs
-from edgeloop.runtime.errors import ConfigError, EdgeloopError
+from edgeloop.runtime.errors import EdgeloopError
+
+from .outbox import Enqueued, OutboxError
+from .sink import Item
 
 log = logging.getLogger("edgeloop.sync-worker")
 
@@ -63,6 +66,15 @@ class SyncSettings:
     nice: int = 10  # added to the child's niceness: inference keeps the CPU first
     index_max_items: int = 50_000  # per collection; the oldest go first
     drain_per_s: float = 0.0  # a cap on the drain's records per second (0: none)
+    protocol: str = "5"  # the link's MQTT version, TLS and credentials (sent over the socket, never argv)
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __repr__(self) -> str:  # never a password in a log line
+        return f"SyncSettings({self.data_dir}, {self.fleet}/{self.device}, broker {self.broker or 'none'})"
 
 
 def _error(exc: BaseException) -> list[Any]:
@@ -71,12 +83,33 @@ def _error(exc: BaseException) -> list[Any]:
     return [type(exc).__name__, str(exc), None]
 
 
-def _raised(name: str, problem: str, fix: str | None) -> EdgeloopError:
-    from edgeloop.runtime.retrieval.errors import RetrievalError
-    from edgeloop.sync.outbox import OutboxError, OutboxFull
+def error_class(name: str) -> type[EdgeloopError]:
+    """The EdgeloopError subclass called ``name`` (EdgeloopError itself when none is)."""
+    # The modules whose errors can come back from the worker, so that their classes exist here.
+    import edgeloop.runtime.retrieval.errors  # noqa: F401
+    import edgeloop.sync.codec  # noqa: F401
+    import edgeloop.sync.outbox  # noqa: F401
 
-    known = {c.__name__: c for c in (OutboxError, OutboxFull, ConfigError, RetrievalError)}
-    return known.get(name, EdgeloopError)(problem if name in known else f"{name}: {problem}", fix)
+    todo: list[type[EdgeloopError]] = [EdgeloopError]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return EdgeloopError
+
+
+def _raised(name: str, problem: str, fix: str | None) -> EdgeloopError:
+    """The error the worker sent, as its own type: found by name over the EdgeloopError tree."""
+    cls = error_class(name)
+    if cls is EdgeloopError and name != "EdgeloopError":
+        return EdgeloopError(f"{name}: {problem}", fix)
+    try:
+        return cls(problem, fix)
+    except TypeError:  # a subclass with a constructor of its own
+        error = EdgeloopError.__new__(cls)
+        EdgeloopError.__init__(error, problem, fix)
+        return error
 
 
 # -- the child ---------------------------------------------------------------------------------
@@ -100,8 +133,10 @@ class _Server:
             from edgeloop.sync.link import LinkConfig, MqttLink, parse_broker
 
             host, port = parse_broker(settings.broker)
-            self.link = MqttLink(self.outbox, LinkConfig(host, port, fleet=settings.fleet, device=settings.device,
-                                                              max_records_per_s=settings.drain_per_s))
+            self.link = MqttLink(self.outbox, LinkConfig(
+                host, port, fleet=settings.fleet, device=settings.device, max_records_per_s=settings.drain_per_s,
+                protocol=settings.protocol, username=settings.username, password=settings.password,
+                ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file))
             self.link.start()
         self.index = VectorIndex(data / "index.db")
         self.index_pending: dict[tuple[str, str, str, int], tuple[list[Any], ...]] = {}
@@ -145,7 +180,7 @@ class _Server:
             else:
                 self.send([rid, True, [list(r) for r in result]])
 
-        self.outbox.enqueue_then([(s, b) for s, b in items], done, priority=priority, ttl_s=ttl_s, trace=trace)
+        self.outbox.enqueue_then([tuple(item) for item in items], done, priority=priority, ttl_s=ttl_s, trace=trace)
 
     def op_index(self, rid: int, name: str, model: str, version: str, ids: list[str], vectors: bytes,
                  dim: int, labels: list[str | None], metadata: list[dict[str, Any]]) -> None:
@@ -194,15 +229,19 @@ class _Server:
         self.index.close()
 
 
-def _child_main(fd: int, settings: SyncSettings) -> None:
+def _child_main(fd: int) -> None:
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        settings = SyncSettings(**json.loads(conn.recv_bytes()))  # first message: the settings
+    except (EOFError, OSError):
+        return
     if settings.nice:
         os.nice(settings.nice)
     logs.configure(prefix="edgeloop sync-worker")
-    conn = Connection(fd)
     try:
         server = _Server(conn, settings)
     except Exception as exc:  # e.g. an outbox that cannot be opened: the agent hears why
@@ -215,12 +254,22 @@ def _child_main(fd: int, settings: SyncSettings) -> None:
 
 
 class _Call:
-    __slots__ = ("event", "ok", "value")
+    __slots__ = ("event", "ok", "value", "callback")
 
-    def __init__(self) -> None:
+    def __init__(self, callback: Any = None) -> None:
         self.event = threading.Event()
         self.ok = False
         self.value: Any = None
+        self.callback = callback  # called on the reader thread instead of waking a waiter
+
+    def settle(self, ok: bool, value: Any) -> None:
+        self.ok, self.value = ok, value
+        self.event.set()
+        if self.callback is not None:
+            try:
+                self.callback(ok, value)
+            except Exception:  # a caller's bug must not stop the reader
+                log.exception("sync worker: a completion callback failed")
 
 
 class SyncWorker:
@@ -242,10 +291,11 @@ class SyncWorker:
         # A fresh interpreter on this module (not fork: the agent has threads; not
         # multiprocessing's spawn, which re-imports the caller's __main__).
         parent, child = socket.socketpair()
-        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno()),
-                                       json.dumps(asdict(self.settings))], pass_fds=(child.fileno(),))
+        self._proc = subprocess.Popen([sys.executable, "-m", __name__, str(child.fileno())],
+                                      pass_fds=(child.fileno(),))
         child.close()
         self._conn = Connection(parent.detach())
+        self._conn.send_bytes(json.dumps(asdict(self.settings)).encode())
         ready = _Call()
         self._calls[0] = ready
         self._reader = threading.Thread(target=self._read_loop, args=(self._conn,), name="sync-reader", daemon=True)
@@ -268,20 +318,16 @@ class SyncWorker:
             with self._calls_lock:
                 call = self._calls.pop(rid, None)
             if call is not None:
-                call.ok, call.value = ok, value
-                call.event.set()
+                call.settle(ok, value)
         # The child is gone: nobody will answer those still waiting.
         with self._calls_lock:
             waiting, self._calls = list(self._calls.values()), {}
         for call in waiting:
-            call.ok, call.value = False, ["OutboxError", "the sync worker exited before answering",
-                                          "retry: a new worker starts on the next call"]
-            call.event.set()
+            call.settle(False, ["OutboxError", "the sync worker exited before answering",
+                                "retry: a new worker starts on the next call"])
 
-    def _request(self, op: str, *args: Any, wait: bool = True) -> Any:
+    def _request(self, op: str, *args: Any, wait: bool = True, callback: Any = None) -> Any:
         if self._closed:
-            from edgeloop.sync.outbox import OutboxError
-
             raise OutboxError("the agent's outbox is closed", "open it again")
         with self._send_lock:
             if self._proc.poll() is not None:
@@ -290,8 +336,8 @@ class SyncWorker:
                 self._conn.close()
                 self._start()
             rid = next(self._ids)
-            call = _Call()
-            if wait:
+            call = _Call(callback)
+            if wait or callback is not None:
                 with self._calls_lock:
                     self._calls[rid] = call
             try:
@@ -299,15 +345,11 @@ class SyncWorker:
             except OSError as exc:  # it died just now: the next call starts a new one
                 with self._calls_lock:
                     self._calls.pop(rid, None)
-                from edgeloop.sync.outbox import OutboxError
-
                 raise OutboxError(f"the sync worker exited ({exc}); '{op}' was not done",
                                   "retry: a new worker starts on the next call") from exc
-        if not wait:
+        if not wait or callback is not None:
             return None
         if not call.event.wait(self.timeout_s):
-            from edgeloop.sync.outbox import OutboxError
-
             raise OutboxError(f"the sync worker did not answer '{op}' within {self.timeout_s:.0f} s",
                               "check the disk and the log; the record may or may not be stored")
         if not call.ok:
@@ -321,12 +363,19 @@ class SyncWorker:
         """Store one record durably; returns once it is on disk (``Enqueued``)."""
         return self.enqueue_many([(stream, body)], priority=priority, ttl_s=ttl_s, trace=trace)[0]
 
-    def enqueue_many(self, items: Iterable[tuple[str, Any]], *, priority: int | None = None,
-                     ttl_s: float | None = None, trace: str | None = None) -> list[Any]:
-        from edgeloop.sync.outbox import Enqueued
-
-        rows = self._request("enqueue", [[s, b] for s, b in items], priority, ttl_s, trace)
+    def enqueue_many(self, items: Iterable[Item], *, priority: int | None = None,
+                     ttl_s: float | None = None, trace: str | None = None) -> list[Enqueued]:
+        rows = self._request("enqueue", [list(item) for item in items], priority, ttl_s, trace)
         return [Enqueued(*row) for row in rows]
+
+    def enqueue_then(self, items: Iterable[Item], done: Callable[[Sequence[Enqueued] | BaseException], None], *,
+                     priority: int | None = None, ttl_s: float | None = None, trace: str | None = None) -> None:
+        """Without waiting: ``done`` gets the stored records, or the typed error, once they are
+        durable (on the reader thread: it must be quick). A send that fails raises here."""
+        def settled(ok: bool, value: Any) -> None:
+            done([Enqueued(*row) for row in value] if ok else _raised(*value))
+
+        self._request("enqueue", [list(item) for item in items], priority, ttl_s, trace, callback=settled)
 
     def stats(self) -> dict[str, Any]:
         """The outbox's stats; the link's under ``link`` (None without a broker), item counts
@@ -380,4 +429,4 @@ class SyncWorker:
 
 
 if __name__ == "__main__":
-    _child_main(int(sys.argv[1]), SyncSettings(**json.loads(sys.argv[2])))
+    _child_main(int(sys.argv[1]))

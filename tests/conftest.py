@@ -153,13 +153,36 @@ def broker(tmp_path):
 def regional(tmp_path, broker):
     import time
 
+    from edgeloop.sync.mqtt_client import BrokerConfig
     from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
 
     store = RegionalStore(tmp_path / "regional.db")
-    receiver = RegionalReceiver(store, "127.0.0.1", broker.port, fleet="f1", client_id="regional-1")
+    receiver = RegionalReceiver(store, BrokerConfig("127.0.0.1", broker.port), fleet="f1", client_id="regional-1")
     receiver.start()
     assert receiver.connected.wait(10)
     time.sleep(0.2)  # the SUBACK
     yield store
     receiver.stop()
     store.close()
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A small disk of its own (a tmpfs), for the disk-full tests; the suite runs as root."""
+    import subprocess
+
+    mount.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the disk-full test ({proc.stderr.decode().strip()}); "
+                    "the suite runs as root", pytrace=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with tmpfs(tmp_path / "disk", "4m") as mount:
+        yield mount

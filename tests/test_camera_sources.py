@@ -37,7 +37,7 @@ def test_frames_come_in_order_and_the_source_reopens_at_the_end(tmp_path):
     try:
         frames = [camera.read() for _ in range(4)]
         assert [f.name for f in frames] == ["frame-1", "frame-2", "frame-3", "frame-4"]
-        assert frames[0].image.size == (96, 96) and frames[0].image.mode == "RGB"
+        assert frames[0].pixels.shape == (96, 96, 3) and frames[0].fmt == "BGR"  # as OpenCV gives it
         assert frames[0].raw()[:8] == b"\x89PNG\r\n\x1a\n"  # no file behind a frame: kept as PNG
         assert camera.read() is None and camera.failures == 1  # the end: closed, to be opened again
         wait_for(lambda: camera.read() is not None, 5, "the source opened again")

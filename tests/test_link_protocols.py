@@ -92,10 +92,11 @@ def tls_config(b, *, ca: str = "ca", cert: str | None = "device", password: str 
 
 
 def test_mutual_tls_with_a_password_delivers(tmp_path, tls_broker):
+    from edgeloop.sync.mqtt_client import BrokerConfig
     from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
 
     store = RegionalStore(tmp_path / "regional.db")
-    receiver = RegionalReceiver(store, "127.0.0.1", tls_broker.port, fleet="f1", client_id="regional-tls")
+    receiver = RegionalReceiver(store, BrokerConfig("127.0.0.1", tls_broker.port), fleet="f1", client_id="regional-tls")
     receiver.start()
     try:
         assert receiver.connected.wait(10)

@@ -14,6 +14,7 @@ from conftest import IMAGES
 from edgeloop.runtime.watchdog import DefaultRung, Ladder, LadderConfig, ModelRung
 from edgeloop.tools.testing.faults import FaultyModel
 from edgeloop.runtime.watchdog.rungs import RungFailed, RungTimeout
+from edgeloop.sync.mqtt_client import BrokerConfig
 from edgeloop.sync.offload import OffloadRung, Offloader, Responder
 
 CATS = {282, 283, 286}
@@ -22,7 +23,7 @@ CATS = {282, 283, 286}
 @pytest.fixture
 def responder(broker, engine):
     model = engine.load("mobilenet_v2")
-    r = Responder("127.0.0.1", broker.port, "f1", {"classify": lambda image: model.classify(image).to_dict()}).start()
+    r = Responder(BrokerConfig("127.0.0.1", broker.port), "f1", {"classify": lambda image: model.classify(image).to_dict()}).start()
     assert r.connected.wait(10)
     time.sleep(0.2)  # the SUBACK
     yield r
@@ -31,7 +32,7 @@ def responder(broker, engine):
 
 @pytest.fixture
 def offloader(broker):
-    o = Offloader("127.0.0.1", broker.port, "f1", "cam-9")
+    o = Offloader(BrokerConfig("127.0.0.1", broker.port), "f1", "cam-9")
     assert o.online.wait(10)
     time.sleep(0.2)
     yield o

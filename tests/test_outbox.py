@@ -208,18 +208,6 @@ def test_a_file_that_is_not_a_database_is_kept_aside(tmp_path):
         box.enqueue("s", 1)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the disk-full test ({proc.stderr.decode().strip()}); "
-                    "the suite runs as root", pytrace=False)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_full_disk_raises_typed_error_evicts_and_resumes(small_disk):
     path = small_disk / "o.db"
     with Outbox(path, "d", streams={"bulk": StreamPolicy(priority=0), "alarm": StreamPolicy(priority=9)}) as box:

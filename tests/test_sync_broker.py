@@ -12,6 +12,7 @@ from conftest import wait_for
 
 from edgeloop.sync.link import LinkConfig, MqttLink, topic
 from edgeloop.sync.outbox import Outbox
+from edgeloop.sync.mqtt_client import BrokerConfig
 from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
 
 
@@ -165,7 +166,7 @@ def test_regional_and_outbox_drain_commands(tmp_path, broker):
 
 def test_two_receivers_on_a_shared_subscription_store_each_record_once(tmp_path, broker):
     store = RegionalStore(tmp_path / "regional.db")
-    receivers = [RegionalReceiver(store, "127.0.0.1", broker.port, fleet="f5", share="regional",
+    receivers = [RegionalReceiver(store, BrokerConfig("127.0.0.1", broker.port), fleet="f5", share="regional",
                                   client_id=f"rx-{n}") for n in range(2)]
     for r in receivers:
         r.start()

@@ -1,22 +1,19 @@
-"""The device agent: sources → ladder → decisions → sinks.
+"""The device agent's lifecycle: it builds the pipeline from the config, runs every stage under
+the supervisor, swaps parts when a desired configuration changes them, and stops cleanly.
 
-- Camera: an image folder replayed at ``fps`` (or a V4L2 camera through OpenCV,
-  ``camera.device``) through a degradation ladder (the model, its smaller fallback, the cache,
-  a default); every inference goes to the outbox stream ``inferences`` and an alert label to
-  ``events``, each with a trace id made at the source.
-- MCU: sensor windows from the firmware bridge (the simulated MCU on a pty unless a port is
-  configured) through the closed loop; the vibration model (or, without one, a peak over the
-  threshold) finds a fault and the motor is stopped; commands, MCU events and link telemetry
-  go to the outbox.
-- Requests: with a broker, MQTT 5 requests on ``edgeloop/v1/{fleet}/{device}/req/infer``
-  (msgpack ``{task, input, kind}``, answered on the response topic with the correlation data;
-  ``Offloader(request_topic=...)`` sends them) for the camera's model (through its ladder) and
-  the MCU's (a window of samples as ``.npy``). Each is recorded like a camera inference.
-- Sinks: the durable outbox under ``data_dir``, drained to ``broker`` when one is set, and the
-  local retrieval index (embeddings of every ``camera.index_every``-th frame and of alerts),
-  both kept by the sync worker, a child process (``sync/worker.py``).
-- A status line every ``status_every_s``. ``stop()`` (SIGINT/SIGTERM) stops the sources,
-  lets in-flight work finish, closes the link and the outbox; nothing accepted is lost.
+    sources ─► one conversion ─► router ─► ladder ─► decisions ─► sinks
+    (camera.py, mcu.py,           (task,    (model,  (decisions/)  (sinks/: queued in this
+     sources/mqtt_requests.py)     canary)   smaller,               process, handed to the sync
+                                             cache)                 worker in batches)
+
+- Stages (``supervisor.py``): ``camera``, ``mcu``, ``sink-outbox``, ``sink-index``, ``status``;
+  the MQTT parts (desired config, requests) run in paho's threads behind guarded callbacks.
+- The hot path never waits on disk or on the sync worker: records and vectors go to bounded
+  queues (``sinks/``); durability is confirmed by the outbox's group commit, asynchronously.
+- systemd: ``READY=1`` after the first result, ``WATCHDOG=1`` only while the pipeline makes
+  progress and every stage runs, ``STATUS=`` a short line, ``STOPPING=1`` at the end.
+- ``stop()`` (SIGINT/SIGTERM) stops the sources, lets in-flight work finish, hands every queued
+  record to the outbox and waits for it to be durable, then closes the link and the files.
 """
 
 from __future__ import annotations
@@ -26,20 +23,29 @@ import os
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import AgentConfig
+from edgeloop.runtime.errors import ConfigError, EdgeloopError, InputError
+from edgeloop.runtime.watchdog.systemd import ProgressWatchdog
+from edgeloop.sync.mqtt_client import BrokerConfig, parse_broker
+from edgeloop.sync.worker import SyncSettings, SyncWorker
+
+from .camera import CameraPart, CameraStage, bundled_samples
+from .config import AgentConfig, check_resources, merge, with_overrides
+from .decisions import decisions_for
+from .desired import DesiredConfig, LastGood
+from .lock import DataDirLock
+from .mcu import McuPart, McuStage
+from .seams import Command, Frame, IndexVector, Inference, Record
+from .sinks.index import IndexSink
+from .sinks.outbox import OutboxSink
+from .status import agent_status, status_line
 
 log = logging.getLogger("edgeloop.agent")
 
-def bundled_samples() -> Path:
-    """The demo's camera folder: the digit samples shipped with the models."""
-    from edgeloop.models import store
-
-    return Path(store.__file__).resolve().parent / "samples"
+__all__ = ["Agent", "bundled_samples", "inference_threads"]
 
 
 def inference_threads() -> int:
@@ -51,103 +57,170 @@ def inference_threads() -> int:
     return max(1, default_threads() - 1)
 
 
-def _top(served: Any) -> Any:
-    """The best class of a ladder's answer (None for an answer without classes)."""
-    result = served.result
-    return result.top[0] if result is not None and getattr(result, "top", None) else None
+def broker_of(config: AgentConfig) -> BrokerConfig | None:
+    if not config.broker:
+        return None
+    host, port = parse_broker(config.broker, "broker")
+    m = config.mqtt
+    password = None
+    if m.password_file:
+        from pathlib import Path
+
+        password = Path(m.password_file).expanduser().read_text().strip()
+    return BrokerConfig(host, port, m.protocol, m.username or None, password, m.ca_file or None, m.cert_file or None,
+                        m.key_file or None)
 
 
 class Agent:
+    FIXED = ("device", "fleet", "data_dir", "broker", "group", "mqtt")  # set where the agent starts
+    RESTART = {"camera": ("model", "fallback", "folder", "device", "deadline_ms", "canary", "canary_share",
+                          "shadow", "shadow_share"),
+               "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
+
     def __init__(self, config: AgentConfig, engine: Any) -> None:
         self.config = config
-        self.base_config = config  # the file and environment: remote documents go over this
+        self.base_config = config  # the file, environment and flags: desired documents go over this
         self.engine = engine
         self.stopping = threading.Event()
+        self.supervisor: Any = None
         self.inferences = 0
-        self.latencies_ms: deque[float] = deque(maxlen=2000)
         self.alerts = 0
+        self.latencies_ms: deque[float] = deque(maxlen=2000)
+        self.served_by: dict[tuple[str, str], int] = {}  # (slot, rung) -> answers
         self.final: dict[str, Any] = {}
-        self._threads: list[threading.Thread] = []
-        self.outbox: Any = None  # the SyncWorker: the outbox's calls, the link and the index in a child
-        self.ladder: Any = None
-        self.mcu: Any = None
-        self.sim: Any = None
-        self.loop: Any = None
-        self.remote: Any = None
+        self.started_at = time.time()
+        self.first_result = threading.Event()
+        self.worker: SyncWorker | None = None
+        self.records: OutboxSink | None = None
+        self.vectors: IndexSink | None = None
+        self.camera: CameraPart | None = None
+        self.camera_stage: CameraStage | None = None
+        self.mcu_part: McuPart | None = None
+        self.mcu_stage: McuStage | None = None
+        self.desired: DesiredConfig | None = None
         self.responder: Any = None
-        self.camera: Any = None  # a source from .sources: the image folder or a V4L2 camera
-        self.classify_window: Any = None
-        self.drift: Any = None
-        self.mcu_ladder: Any = None
+        self.metrics: Any = None
         self.metrics_server: Any = None
         self.metrics_url = ""
-        self._part_stop = {"camera": threading.Event(), "mcu": threading.Event()}
-        self._part_thread: dict[str, threading.Thread] = {}
+        self.systemd: ProgressWatchdog | None = None
+        self.last_error = ""
+        self._camera_decisions = decisions_for("camera")
+        self._swap = threading.Lock()
+        self._lock: DataDirLock | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "Agent":
-        from edgeloop.sync.worker import SyncSettings, SyncWorker
-
         c = self.config
+        check_resources(c, self.engine.store)  # before anything starts: models, folders, TLS files
         c.data_path.mkdir(parents=True, exist_ok=True)
-        self.outbox = SyncWorker(SyncSettings(str(c.data_path), c.device, c.fleet, c.broker, nice=c.sync_nice,
-                                                  drain_per_s=c.drain_per_s))
-        if self.outbox.salvage:
-            log.error("outbox: the file was damaged and salvaged: %s", self.outbox.salvage)
-        if c.broker:
-            from edgeloop.sync.link import parse_broker
-
-            host, port = parse_broker(c.broker)
-            from .remote_config import RemoteConfig
-
-            self.remote = RemoteConfig(host, port, c.fleet, c.device, c.group or None, self.apply)
-        self._start_camera()
-        if c.mcu.enabled:
-            self._start_mcu()
-        if c.broker and c.answer_requests:
-            self._start_requests(host, port)
-        self._spawn(self._status_loop, "status")
-        if c.metrics_port >= 0:
-            from .metrics import serve_metrics
-
-            try:
-                self.metrics_server, _ = serve_metrics(self, int(c.metrics_port), c.device_power_w, c.price_per_kwh)
-            except OSError as exc:  # serving goes on without metrics; said loudly
-                log.error("metrics: cannot listen on 127.0.0.1:%d (%s); running without them "
-                          "(set metrics_port, 0 for any free port)", int(c.metrics_port), exc)
-            else:
-                self.metrics_url = f"http://127.0.0.1:{self.metrics_server.server_port}/metrics"
-                log.info("metrics on %s", self.metrics_url)
+        self._lock = DataDirLock(c.data_path).acquire()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
-    def _spawn(self, target: Any, name: str) -> None:
-        t = threading.Thread(target=target, name=f"agent-{name}", daemon=True)
-        t.start()
-        if name in self._part_stop:
-            self._part_thread[name] = t
-        else:
-            self._threads.append(t)
+    def _start(self) -> None:
+        from .supervisor import Supervisor
 
-    def _running(self, part: str) -> bool:
-        return not self.stopping.is_set() and not self._part_stop[part].is_set()
+        self.supervisor = Supervisor()
+        last_good = LastGood(self.config.data_path)
+        layers = last_good.load() if self.config.broker else {}
+        if layers:  # the desired config that was in force when the agent last ran
+            try:
+                self.config = self._desired_config(merge(layers.get("group", {}), layers.get("device", {})))
+                log.info("desired config: the last applied layers (%s) are in force", ", ".join(layers))
+            except EdgeloopError as exc:
+                log.error("desired config: the last applied layers no longer apply (%s); using the file's", exc)
+                layers = {}
+        c = self.config
+        self.worker = SyncWorker(SyncSettings(str(c.data_path), c.device, c.fleet, c.broker, nice=c.sync_nice,
+                                              drain_per_s=c.drain_per_s, **self._link_tls(c)))
+        if self.worker.salvage:
+            log.error("outbox: the file was damaged and salvaged: %s", self.worker.salvage)
+        if c.metrics_port >= 0:  # before the first answer, so that every answer is counted
+            from .metrics import AgentMetrics
+
+            self.metrics = AgentMetrics(self)
+        self.records = OutboxSink(self.worker)
+        self.vectors = IndexSink(self.worker)
+        self.supervisor.start("sink-outbox", self.records.run)
+        self.supervisor.start("sink-index", self.vectors.run)
+        self._start_camera(CameraPart(c, self.engine, self.records.put))
+        if c.mcu.enabled:
+            self._start_mcu(McuPart(c, self.engine, self.records))
+        broker = broker_of(c)
+        if broker is not None:
+            self.desired = DesiredConfig(broker, c.fleet, c.device, c.group or None, self.apply, last_good, layers)
+            if layers:
+                self.desired.in_force = {"layers": layers, "config": c.table(), "since": time.time()}
+            if c.answer_requests:
+                from .sources import mqtt_requests
+
+                self.responder = mqtt_requests.open(broker, c.fleet, c.device, self._request_tasks())
+        self.supervisor.start("status", self._status_loop)
+        self._start_metrics()
+        self.systemd = ProgressWatchdog(self.progress, healthy=self.supervisor.healthy,
+                                        status=lambda: status_line(self.status(fast=True))).start(ready=False)
+
+    @staticmethod
+    def _link_tls(c: AgentConfig) -> dict[str, Any]:
+        b = broker_of(c)
+        if b is None:
+            return {}
+        return {"protocol": b.protocol, "username": b.username, "password": b.password, "ca_file": b.ca_file,
+                "cert_file": b.cert_file, "key_file": b.key_file}
+
+    def _start_metrics(self) -> None:
+        c = self.config
+        if c.metrics_port < 0:
+            return
+        from .metrics import serve
+
+        try:
+            self.metrics_server = serve(self, self.metrics, c.metrics_port)
+        except OSError as exc:  # serving goes on without metrics; said loudly
+            log.error("metrics: cannot listen on 127.0.0.1:%d (%s); running without them "
+                      "(set metrics_port, 0 for any free port)", c.metrics_port, exc)
+            return
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_server.server_port}/metrics"
+        log.info("metrics on %s", self.metrics_url)
+
+    def progress(self) -> int:
+        """Work finished: camera and request answers, MCU windows (the systemd watchdog's measure)."""
+        return self.inferences + (self.mcu_stage.loop.windows if self.mcu_stage is not None else 0)
 
     def stop(self) -> None:
-        """Stop the sources, finish what is in flight, close the link and the outbox."""
+        """Stop the sources, finish what is in flight, store every record accepted, close."""
         self.stopping.set()
-        if self.remote is not None:
-            self.remote.stop()
-        if self.responder is not None:
-            self.responder.stop()
+        if self.systemd is not None:
+            self.systemd.stop()
+        for part in (self.desired, self.responder):
+            if part is not None:
+                part.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
-        for t in [*self._threads, *self._part_thread.values()]:
-            t.join(10)
-        self.final = self.status() if self.outbox is not None else {}  # what was done, before closing
+        sup = self.supervisor
+        if sup is not None:
+            sup.stop_all(order=[n for n in ("camera", "mcu", "status") if n in sup.stages])
+        if self.worker is not None:
+            if self.records is not None and not self.records.drain():
+                log.error("outbox: %d record(s) were not confirmed durable before the stop", self.records.pending())
+            if self.vectors is not None:
+                self.vectors.flush_once()
+            self.final = self.status()  # what was done, before closing
+        if sup is not None:
+            sup.stop_all()
         self._close_mcu()
         self._close_camera()
-        if self.outbox is not None:
-            self.outbox.close()
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def run(self, duration_s: float | None = None) -> int:
         self.start()
@@ -157,286 +230,189 @@ class Agent:
             self.stop()
         return 0
 
-    # -- the camera --------------------------------------------------------------------
+    # -- the camera and the MCU --------------------------------------------------------
 
-    def _start_camera(self) -> None:
-        from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
+    def _start_camera(self, part: CameraPart) -> None:
+        self.camera = part
+        self.camera_stage = CameraStage(part, lambda: self.config, self.answered)
+        self.supervisor.start("camera", self.camera_stage.run)
 
-        from .sources import open_camera
+    def _close_camera(self) -> None:
+        if self.camera is not None:
+            self.camera.close()
+            self.camera = None
 
-        cam = self.config.camera
-        self.camera = open_camera(cam.device, cam.folder, bundled_samples())
-        model = self.engine.load(cam.model)
-        self.drift = None
-        if model.entry.baseline:
-            from edgeloop.runtime.drift import DriftMonitor
+    def _start_mcu(self, part: McuPart) -> None:
+        self.mcu_part = part
+        self.mcu_stage = McuStage(part, lambda: self.config, self.records)
+        self.supervisor.start("mcu", self.mcu_stage.run)
 
-            def drifted(event: dict[str, Any]) -> None:
-                log.warning("drift: %s PSI %.3f over %.2f", event["feature"], event["psi"], event["threshold"])
-                self.outbox.enqueue("events", {**event, "model": cam.model})
+    def _close_mcu(self) -> None:
+        if self.mcu_part is not None:
+            self.mcu_part.close()
+        self.mcu_part = self.mcu_stage = None
 
-            self.drift = DriftMonitor(model.entry.baseline, on_drift=drifted)
-        rungs = [ModelRung("cpu", model, hang_s=1.0)]
-        if cam.fallback:
-            rungs.append(ModelRung("small", self.engine.load(cam.fallback), hang_s=1.0, degraded=True))
-        self.ladder = Ladder("camera", [*rungs, CacheRung(), DefaultRung(None)],
-                             LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
-                             on_event=lambda event: self.outbox.enqueue("events", {"kind": "ladder", **event}))
-        self._spawn(self._camera_loop, "camera")
+    @property
+    def mcu(self) -> Any:
+        """The firmware bridge's link to the MCU (None without one)."""
+        return self.mcu_stage.link if self.mcu_stage is not None else None
 
-    def _camera_loop(self) -> None:
-        from edgeloop.runtime.drift import features as drift_features
+    @property
+    def sim(self) -> Any:
+        return self.mcu_stage.sim if self.mcu_stage is not None else None
 
-        next_at = time.monotonic()
-        while self._running("camera"):
-            cam = self.config.camera  # read each time: thresholds and rate change live
-            period = 1.0 / cam.fps
-            frame = self.camera.read()
-            if frame is None:  # the camera is being opened again (said in the log)
-                self.stopping.wait(min(period, 0.1))
-                next_at = time.monotonic()
-                continue
-            image = frame.image
-            served = self.ladder.serve(image)
-            if self.inferences == 0:
-                log.info("first result: %s from %s", served.rung, frame.name)
-            top = _top(served)
-            record, trace = self._record(frame.name, served, top)
-            if self.drift is not None:
-                self.drift.add(drift_features(image, served.result))
-            hard = top is not None and top.score < cam.hard_below
-            alert = top is not None and top.label in cam.alert_labels and top.score >= cam.min_score
-            index = bool(cam.index_every) and (alert or self.inferences % cam.index_every == 0)
-            # The embedding comes with the primary model's answer (the same invoke); a fallback's
-            # lives in another space, and the camera thread never invokes a model itself.
-            primary = self.ladder.rungs[0]
-            embedding = getattr(served.result, "embedding", None) if served.rung == primary.name else None
-            vector = embedding.vector if embedding is not None else None
-            if hard:
-                self._hard_example(frame, record, trace, vector)
-            if alert:
-                self.alerts += 1
-                self.outbox.enqueue("events", {"kind": "alert", **record}, trace=trace)
-            if index and vector is not None:
-                model = primary.model
-                self.outbox.index_add(model.name, model.name, model.entry.version, [trace], [vector], [record["label"]])
-            next_at += period
-            self.stopping.wait(max(0.0, next_at - time.monotonic()))
+    @property
+    def loop(self) -> Any:
+        return self.mcu_stage.loop if self.mcu_stage is not None else None
 
-    def _record(self, source: str, served: Any, top: Any, **extra: Any) -> tuple[dict[str, Any], str]:
-        """Count an answer and store it in ``inferences`` under a new trace id (made at the
-        source, carried in the envelope to the regional edge); returns (record, trace)."""
-        trace = os.urandom(8).hex()
-        record = {"source": source, **extra, "rung": served.rung, "latency_ms": round(served.latency_ms, 3),
-                  "label": top.label if top else None, "score": round(top.score, 4) if top else None}
+    @property
+    def ladder(self) -> Any:
+        return self.camera.ladder if self.camera is not None else None
+
+    @property
+    def drift(self) -> Any:
+        return self.camera.drift if self.camera is not None else None
+
+    # -- the hot path after the router ----------------------------------------------------
+
+    def answered(self, inference: Inference) -> None:
+        """Count an answer, queue its record and run the decisions (nothing here waits)."""
+        assert self.records is not None and self.vectors is not None
+        served = inference.served
+        self.records.put(Record("inferences", inference.record(), inference.trace))
         self.inferences += 1
         self.latencies_ms.append(served.latency_ms)
-        self.outbox.enqueue("inferences", record, trace=trace)
-        return record, trace
-
-    def _hard_example(self, frame: Any, record: dict[str, Any], trace: str, vector: Any) -> None:
-        """Features always, the embedding when the primary model answered, the raw image only
-        when the config allows."""
-        from edgeloop.runtime.drift import features
-
-        example: dict[str, Any] = {**record, "features": features(frame.image, None)}
-        if vector is not None:
-            example["embedding"] = vector.astype("float16").tobytes()
-        if self.config.camera.upload_raw:
-            example["image"] = frame.raw()
-        self.outbox.enqueue("hard-examples", example, trace=trace)
+        key = (inference.slot, served.rung)
+        self.served_by[key] = self.served_by.get(key, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe(inference)
+        if not self.first_result.is_set():
+            self.first_result.set()
+            log.info("first result: %s from %s", served.rung, inference.source)
+            if self.systemd is not None:
+                self.systemd.ready()
+        drift = self.camera.drift if self.camera is not None else None
+        if drift is not None:
+            drift.add(inference.features)
+        config = self.config
+        for decide in self._camera_decisions:
+            for action in decide(inference, config):
+                if isinstance(action, Record):
+                    if action.body.get("kind") == "alert":
+                        self.alerts += 1
+                    self.records.put(action)
+                elif isinstance(action, IndexVector):
+                    self.vectors.put(action)
+                elif isinstance(action, Command):
+                    log.warning("a camera decision asked for the MCU command '%s'; camera decisions do not "
+                                "command the MCU", action.name)
 
     # -- inference requests over MQTT ---------------------------------------------------
 
-    def _start_requests(self, host: str, port: int) -> None:
-        from edgeloop.sync.link import topic
-        from edgeloop.sync.offload import Responder
-
+    def _request_tasks(self) -> dict[str, Any]:
         c = self.config
         tasks = {c.camera.model: self._answer_image}
         if c.mcu.enabled and c.mcu.model:
             tasks[c.mcu.model] = self._answer_window
-        self.responder = Responder(host, port, c.fleet, tasks, client_id=f"edgeloop-{c.fleet}-{c.device}-requests",
-                                   subscription=topic(c.fleet, c.device, "req/infer")).start()
+        return tasks
 
-    def _answered(self, task: str, served: Any) -> dict[str, Any]:
-        record, trace = self._record("mqtt", served, _top(served), task=task)
-        return {**record, "trace": trace}
+    def _answered_request(self, inference: Inference) -> dict[str, Any]:
+        self.answered(inference)
+        return {**inference.record(), "trace": inference.trace}
 
     def _answer_image(self, image: Any) -> dict[str, Any]:
-        from edgeloop.runtime.errors import InputError
-
-        if isinstance(image, np.ndarray) or isinstance(image, str):
+        if not hasattr(image, "convert"):
             raise InputError("the camera's model takes an image", "send PNG or JPEG bytes with kind 'png' or 'jpg'")
-        return self._answered(self.config.camera.model, self.ladder.serve(image))
+        part = self.camera
+        if part is None:
+            raise InputError("the camera's model is not running", "try again in a moment")
+        frame = Frame("mqtt", np.asarray(image.convert("RGB")), "RGB")
+        return self._answered_request(part.serve(frame, "mqtt", task=self.config.camera.model))
 
     def _answer_window(self, samples: Any) -> dict[str, Any]:
-        from edgeloop.runtime.errors import InputError
-
-        classify = self.classify_window
-        if classify is None:
+        part = self.mcu_part
+        classifier = part.classifier if part is not None else None
+        if classifier is None:
             raise InputError("the MCU's model is not running", "enable [mcu] with a model")
         if not isinstance(samples, np.ndarray) or samples.ndim != 1:
             raise InputError("a window is a 1-D array of samples", "send numpy.save bytes with kind 'npy'")
-        served = classify(samples.tolist())
+        served = classifier.classify(samples.tolist())
         if served is None:
             raise InputError(f"a window of {samples.size} samples does not fit the model",
-                             "send as many samples as the MCU's windows hold")
-        return self._answered(self.config.mcu.model, served)
-
-    # -- the MCU -----------------------------------------------------------------------
-
-    def _start_mcu(self) -> None:
-        from edgeloop.firmware_bridge.closed_loop import ClosedLoop
-        from edgeloop.firmware_bridge.link import LinkConfig, McuLink
-
-        m = self.config.mcu
-        url = m.url
-        if not url:
-            from edgeloop.firmware_bridge.sim_process import SimProcess
-
-            self.sim = SimProcess(self.config.data_path, "--rate", str(m.rate_hz),
-                                  "--anomaly-every", str(m.anomaly_every_s), *(["--vibration"] if m.model else []))
-            url = str(self.sim.link)
-        self.mcu = McuLink(LinkConfig(url)).start()
-
-        classify = self.classify_window = self._window_classifier(m) if m.model else None
-
-        def decide(window: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-            if classify is not None:
-                served = classify(window.get("samples", []))
-                top = _top(served) if served is not None else None
-                fault = top is not None and top.label != "normal" and top.score >= self.config.mcu.min_score  # live
-                return ("motor", {"on": False, "fault": top.label}) if fault else None
-            peak = max((abs(v) for v in window.get("samples", [])), default=0)
-            return ("motor", {"on": False}) if peak > self.config.mcu.peak_threshold else None  # live
-
-        self.loop = ClosedLoop(self.mcu, decide, outbox=self.outbox)
-        self._spawn(self._mcu_loop, "mcu")
-
-    def _window_classifier(self, m: Any) -> Any:
-        """Windows through a ladder of the vibration model, its smaller fallback and 'normal'."""
-        from edgeloop.runtime.results import Class, Classification
-        from edgeloop.runtime.tensors import quantize
-        from edgeloop.runtime.watchdog import DefaultRung, Ladder, LadderConfig, ModelRung
-        from edgeloop.models.demo_data import vibration_features
-
-        primary = self.engine.load(m.model)
-        rungs = [ModelRung(m.model, primary, hang_s=0.5)]
-        if m.fallback:
-            rungs.append(ModelRung(m.fallback, self.engine.load(m.fallback), hang_s=0.5, degraded=True))
-        rungs.append(DefaultRung(Classification((Class(0, "normal", 0.0),))))
-        self.mcu_ladder = Ladder("vibration", rungs, LadderConfig(deadline_s=0.02),
-                                 on_event=lambda event: self.outbox.enqueue("events", {"kind": "ladder", **event}))
-        spec = primary.inputs[0]
-        width = spec.shape[1]
-
-        def classify(samples: list[int]) -> Any:  # the Served answer, or None for a window that does not fit
-            if len(samples) != width:
-                return None
-            x = quantize(vibration_features(np.asarray(samples)[None]), spec.quantization, spec.dtype)
-            return self.mcu_ladder.serve(x)
-
-        return classify
-
-    def _mcu_loop(self) -> None:
-        while self._running("mcu"):
-            self.loop.run(0.5)
+                             f"send {classifier.width} samples, as the MCU's windows hold")
+        inference = Inference("mqtt", classifier.task, classifier.task, served, os.urandom(8).hex(),
+                              classifier.primary.entry.version, extra={"task": self.config.mcu.model})
+        return self._answered_request(inference)
 
     # -- configuration changes -----------------------------------------------------------
 
-    FIXED = ("device", "fleet", "data_dir", "broker", "group")  # set where the agent starts
-    RESTART = {"camera": ("model", "fallback", "folder", "device", "deadline_ms"),
-               "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
-
-    def apply(self, table: dict[str, Any]) -> dict[str, Any]:
-        """A desired configuration (a partial table over the file's): validated; thresholds and
-        rates change live, a part whose model or port changed is restarted. ConfigError (the
-        last good config stays) for invalid documents or keys only the file can set."""
-        from dataclasses import asdict
-
-        from edgeloop.runtime.errors import ConfigError
-
-        from .config import with_overrides
-
-        fixed = [k for k in self.FIXED if k in table and table[k] != getattr(self.base_config, k)]
+    def _desired_config(self, table: dict[str, Any]) -> AgentConfig:
+        fixed = [k for k in self.FIXED if k in table and table[k] != self.base_config.table()[k]]
         if fixed:
             raise ConfigError(f"{', '.join(fixed)}: cannot be changed over MQTT",
                               "change it in the config file or the environment and restart the agent")
         new = with_overrides(self.base_config, table)
-        old, self.config = self.config, new
-        restarted = [part for part, keys in self.RESTART.items()
-                     if any(getattr(getattr(old, part), k) != getattr(getattr(new, part), k) for k in keys)]
-        for part in restarted:
-            self._restart(part)
-        log.info("config applied (restarted: %s)", ", ".join(restarted) or "nothing")
-        return {"config": asdict(new), "restarted": restarted}
+        check_resources(new, self.engine.store)
+        return new
 
-    def _restart(self, part: str) -> None:
-        self._part_stop[part].set()
-        thread = self._part_thread.pop(part, None)
-        if thread is not None:
-            thread.join(10)
-        if part == "camera":
-            self._close_camera()
-            self._part_stop[part].clear()
-            self._start_camera()
-        else:
-            self._close_mcu()
-            self._part_stop[part].clear()
-            if self.config.mcu.enabled:
-                self._start_mcu()
-
-    def _close_camera(self) -> None:
-        for part in (self.ladder, self.camera):
-            if part is not None:
-                part.close()
-        self.ladder = self.camera = None
-
-    def _close_mcu(self) -> None:
-        if self.mcu is not None:
-            self.mcu.stop()
-        for part in (self.sim, self.mcu_ladder):
-            if part is not None:
-                part.close()
-        self.mcu = self.sim = self.loop = self.mcu_ladder = self.classify_window = None
+    def apply(self, table: dict[str, Any]) -> dict[str, Any]:
+        """A desired configuration (a partial table over the file's): validated whole, then
+        thresholds and rates change live and a part whose model, source or port changed is built
+        beside the running one before it replaces it. ConfigError (the last good config stays,
+        still serving) for documents that do not validate or cannot be built."""
+        with self._swap:
+            new = self._desired_config(table)
+            old = self.config
+            restarted = [part for part, keys in self.RESTART.items()
+                         if any(getattr(getattr(old, part), k) != getattr(getattr(new, part), k) for k in keys)]
+            camera = None
+            if "camera" in restarted:
+                try:
+                    camera = CameraPart(new, self.engine, self.records.put if self.records else lambda r: None)
+                except EdgeloopError as exc:
+                    raise ConfigError(f"camera: the new configuration cannot be built ({exc.problem})", exc.fix) \
+                        from exc
+                except Exception as exc:
+                    raise ConfigError(f"camera: the new configuration cannot be built ({type(exc).__name__}: "
+                                      f"{exc})", "check the models and the camera") from exc
+            self.config = new
+            if camera is not None:
+                self.supervisor.stop("camera")
+                self._close_camera()
+                self._start_camera(camera)
+            if "mcu" in restarted:
+                # One serial port cannot be opened twice: the old part goes first; a new one that
+                # fails to start is said in the log and the MCU stays off until a good document.
+                self.supervisor.stop("mcu")
+                self._close_mcu()
+                if new.mcu.enabled:
+                    try:
+                        self._start_mcu(McuPart(new, self.engine, self.records))
+                    except Exception as exc:
+                        self.last_error = f"mcu: {type(exc).__name__}: {exc}"
+                        log.error("mcu: the new configuration did not start (%s)", exc)
+            log.info("config applied (restarted: %s)", ", ".join(restarted) or "nothing")
+            return {"config": new.table(), "restarted": restarted}
 
     # -- status ------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
-        sync = self.outbox.stats() if self.outbox is not None else {"streams": {}, "link": None, "index": {}}
-        streams = sync["streams"]
-        out: dict[str, Any] = {
-            "inferences": self.inferences, "alerts": self.alerts,
-            "outbox_rows": sum(s["rows"] for s in streams.values()),
-            "outbox_bytes": sum(s["bytes"] for s in streams.values()),
-            "link": sync["link"]["state"] if sync["link"] is not None else "none (records wait in the outbox)",
-            "index_items": sum(sync["index"].values()),
-            "rung": self.ladder.stats()["rung"] if self.ladder is not None else None,
-            "requests": {"answered": self.responder.answered, "failed": self.responder.failed}
-            if self.responder is not None else None,
-            "drift": {k: round(v, 3) for k, v in self.drift.scores().items()} if self.drift is not None else {}}
-        if lat is not None:
-            p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-            out.update(p50_ms=round(float(p50), 2), p95_ms=round(float(p95), 2), p99_ms=round(float(p99), 2))
-        if self.loop is not None:
-            out["mcu"] = {"state": self.mcu.state, "windows": self.loop.windows, "commands": self.loop.commands,
-                          **{k: v for k, v in self.loop.figures().items() if k.startswith("loop_p99")}}
-        return out
+    def status(self, fast: bool = False) -> dict[str, Any]:
+        """Everything ``edgeloop status`` shows; ``fast`` skips the sync worker's figures."""
+        return agent_status(self, fast)
 
-    def _status_loop(self) -> None:
-        last_n, last_t = 0, time.monotonic()
-        while not self.stopping.wait(self.config.status_every_s):
+    def _status_loop(self, stop: threading.Event) -> None:
+        import json
+
+        from edgeloop.runtime import logs
+
+        last_n, last_t = self.inferences, time.monotonic()
+        while not stop.wait(self.config.status_every_s):
             s = self.status()
             now = time.monotonic()
-            rate = (s["inferences"] - last_n) / (now - last_t)
+            s["rate"] = (s["inferences"] - last_n) / max(now - last_t, 1e-9)
             last_n, last_t = s["inferences"], now
-            mcu = s.get("mcu", {})
-            print(f"edgeloop: {rate:.1f} inf/s  p50 {s.get('p50_ms', '-')} p95 {s.get('p95_ms', '-')} "
-                  f"p99 {s.get('p99_ms', '-')} ms | rung {s['rung']} | outbox {s['outbox_rows']} rows "
-                  f"{s['outbox_bytes'] / 1024:.0f} KB | link {s['link']} | alerts {s['alerts']}"
-                  + (f" | drift psi {max(s['drift'].values()):.2f}" if s["drift"] else "")
-                  + (f" | mcu {mcu.get('state')} {mcu.get('windows')} windows {mcu.get('commands')} commands"
-                     + (f" loop p99 {mcu['loop_p99_ms']} ms" if "loop_p99_ms" in mcu else "") if mcu else ""),
-                  flush=True)
+            if logs.json_wanted():
+                print(json.dumps({"ts": round(time.time(), 6), "level": "info", "logger": "edgeloop.status",
+                                  "msg": status_line(s), "status": s}, default=str), flush=True)
+            else:
+                print(status_line(s), flush=True)

@@ -1,12 +1,16 @@
-"""The agent's configuration: one TOML file (or the embedded demo) plus ``EDGELOOP_*``
-environment overrides, validated with messages that name the key and the fix.
+"""The agent's configuration: one TOML file (or the embedded demo), ``EDGELOOP_*`` environment
+overrides, command-line flags and desired documents over MQTT, all through one function,
+``validate``: types, finite numbers, ranges and topic-safe names, with messages that name the
+key, where it came from and the fix. What needs the device (models registered, folders with
+images) is checked by ``check_resources`` before anything starts or changes.
 
 ```toml
-device = "gw-1"
+device = "gw-1"                    # one MQTT topic level: letters, digits, . _ -
 fleet = "demo"
+group = ""                         # the fleet group whose desired config applies too
 data_dir = "~/.local/share/edgeloop"
 broker = ""                        # HOST[:PORT]; empty: records wait in the outbox
-status_every_s = 5.0
+status_every_s = 5.0               # a status line this often (0.1 .. 86400)
 metrics_port = 9464                # Prometheus on 127.0.0.1 (0: a free port, -1: off)
 device_power_w = 5.0               # energy per inference when RAPL cannot be read
 price_per_kwh = 0.30
@@ -14,22 +18,37 @@ sync_nice = 10                     # the sync worker (outbox drain, index writes
 drain_per_s = 50000.0              # at most this many records/s when catching up (0: no cap)
 answer_requests = true             # with a broker: answer MQTT 5 requests on edgeloop/v1/{fleet}/{device}/req/infer
 
+[mqtt]                             # how every MQTT part reaches the broker
+protocol = "5"                     # or "3.1.1" (a broker that refuses 5 gets 3.1.1 anyway)
+ca_file = ""                       # TLS when set; cert_file + key_file for mutual TLS
+cert_file = ""
+key_file = ""
+username = ""
+password_file = ""                 # a file holding the password
+
 [camera]                           # an image folder replayed as a camera
 folder = ""                        # empty: the bundled digit samples
 device = ""                        # /dev/video0: a V4L2 camera through OpenCV (the `camera` extra) instead
-fps = 5.0
+fps = 5.0                          # 0.01 .. 1e6
 model = "digits"
 fallback = "digits_small"          # the smaller model the ladder steps down to ("" for none)
 deadline_ms = 100.0
 alert_labels = ["7"]               # an event for these labels (threshold: min_score)
 min_score = 0.5
+hard_below = 0.6                   # less confident than this: a hard example
+upload_raw = false                 # hard examples carry the raw image only when this allows
 index_every = 25                   # every n-th frame (and each alert) into the local retrieval index
+canary = ""                        # a second model for a share of the frames (canary_share, 0..1)
+canary_share = 0.0
+shadow = ""                        # a model that sees a sample of frames off the hot path, never answering
+shadow_share = 0.0
 
 [mcu]                              # the simulated MCU on a pty (or a real port: url)
 enabled = true
 url = ""                           # empty: start the simulator
 rate_hz = 50.0
 model = "vibration"                # classifies each window (fallback: vibration_small); "" = peak rule
+fallback = "vibration_small"
 min_score = 0.6                    # a fault class this confident stops the motor
 peak_threshold = 8000              # the rule without a model: a peak above this stops the motor
 anomaly_every_s = 5.0              # the simulator knocks now and then (demo; 0: never)
@@ -38,17 +57,29 @@ anomaly_every_s = 5.0              # the simulator knocks now and then (demo; 0:
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgeloop.runtime.errors import ConfigError
+from edgeloop.sync.topics import DEFAULT_FLEET, check_name
 
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    protocol: str = "5"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,10 @@ class CameraConfig:
     hard_below: float = 0.6  # an inference less confident than this is a hard example
     upload_raw: bool = False  # hard examples carry the raw image only when this allows it
     index_every: int = 25  # every n-th frame's embedding (and every alert's) into the local index; 0: none
+    canary: str = ""  # a model that answers canary_share of the frames (stable by frame key)
+    canary_share: float = 0.0
+    shadow: str = ""  # a model that sees shadow_share of the frames off the hot path; never answers
+    shadow_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,17 +116,18 @@ class McuConfig:
 @dataclass(frozen=True)
 class AgentConfig:
     device: str = "gw-1"
-    fleet: str = "demo"
+    fleet: str = DEFAULT_FLEET
     data_dir: str = "~/.local/share/edgeloop"
     broker: str = ""
     status_every_s: float = 5.0
     group: str = ""  # the fleet group whose desired config applies (besides the device's own)
-    metrics_port: float = 9464.0  # Prometheus on 127.0.0.1; 0: any free port; -1: off
+    metrics_port: int = 9464  # Prometheus on 127.0.0.1; 0: any free port; -1: off
     device_power_w: float = 5.0  # for energy per inference where RAPL is not readable
     price_per_kwh: float = 0.30  # for the cost per million inferences
     sync_nice: int = 10  # niceness added to the sync worker (outbox drain, index writes): inference first
     answer_requests: bool = True  # answer inference requests on edgeloop/v1/{fleet}/{device}/req/infer
     drain_per_s: float = 50_000.0  # records/s the outbox drains at most (0: no cap); catch-up leaves CPU to inference
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
 
@@ -99,85 +135,209 @@ class AgentConfig:
     def data_path(self) -> Path:
         return Path(os.path.expanduser(self.data_dir))
 
+    def table(self) -> dict[str, Any]:
+        """The config as a plain table (lists for tuples), as a file or document would hold it."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return list(value) if isinstance(value, tuple) else value
+        return plain(asdict(self))
+
+
+SECTIONS = {"mqtt": MqttConfig, "camera": CameraConfig, "mcu": McuConfig}
+
+# Inclusive ranges of the numbers; every number must also be finite.
+RANGES: dict[str, tuple[float, float]] = {
+    "status_every_s": (0.1, 86_400.0), "metrics_port": (-1, 65_535), "device_power_w": (0.001, 10_000.0),
+    "price_per_kwh": (0.0, 1_000.0), "sync_nice": (0, 19), "drain_per_s": (0.0, 10_000_000.0),
+    "camera.fps": (0.01, 1e6), "camera.deadline_ms": (0.1, 60_000.0), "camera.min_score": (0.0, 1.0),
+    "camera.hard_below": (0.0, 1.0), "camera.index_every": (0, 1_000_000), "camera.canary_share": (0.0, 1.0),
+    "camera.shadow_share": (0.0, 1.0), "mcu.rate_hz": (0.1, 10_000.0), "mcu.min_score": (0.0, 1.0),
+    "mcu.peak_threshold": (0.0, 1e9), "mcu.anomaly_every_s": (0.0, 86_400.0),
+}
+NAMES = ("device", "fleet")  # one topic level each; group too when set
+CHOICES = {"mqtt.protocol": ("5", "3.1.1")}
 
 ENV = {"EDGELOOP_DEVICE": "device", "EDGELOOP_FLEET": "fleet", "EDGELOOP_DATA_DIR": "data_dir",
        "EDGELOOP_BROKER": "broker", "EDGELOOP_STATUS_EVERY_S": "status_every_s", "EDGELOOP_GROUP": "group",
        "EDGELOOP_METRICS_PORT": "metrics_port"}
 
 
-def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, tables merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
+            else value
+    return out
+
+
+def _origin(origins: Mapping[str, str], key: str) -> str:
+    where = origins.get(key) or origins.get(key.split(".")[0])
+    return f" (from {where})" if where else ""
+
+
+def _typed_value(key: str, value: Any, default: Any, origins: Mapping[str, str]) -> Any:
+    bad = ConfigError(f"{key}: {value!r} is not a {type(default).__name__}{_origin(origins, key)}",
+                      f"write {key.split('.')[-1]} = {default!r} or similar")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise bad
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a finite number{_origin(origins, key)}",
+                              f"give {key} a number within {RANGES.get(key, ('any', 'finite'))}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: {value!r} is not a list of strings{_origin(origins, key)}",
+                              f"write {key.split('.')[-1]} = [\"7\"] or similar")
+        return tuple(value)
+    if not isinstance(value, str):
+        raise bad
+    return value
+
+
+def _section(cls: type, table: Mapping[str, Any], prefix: str, origins: Mapping[str, str]) -> Any:
     known = {f.name: f for f in fields(cls)}
+    defaults = cls()
     values: dict[str, Any] = {}
     for key, value in table.items():
+        name = f"{prefix}{key}"
         if key not in known:
-            raise ConfigError(f"{where}{key}: unknown key", f"use one of: {', '.join(known)}")
-        default = getattr(cls(), key)
-        if isinstance(default, (CameraConfig, McuConfig)):
+            raise ConfigError(f"{name}: unknown key{_origin(origins, name)}", f"use one of: {', '.join(known)}")
+        default = getattr(defaults, key)
+        if key in SECTIONS and not prefix:
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}{key}: must be a table", f"write [{key}]")
-            values[key] = _typed(type(default), value, f"{key}.")
+                raise ConfigError(f"{name}: must be a table{_origin(origins, name)}", f"write [{key}]")
+            values[key] = _section(SECTIONS[key], value, f"{key}.", origins)
             continue
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        elif isinstance(default, tuple):
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-            value = tuple(value) if ok else value
-        else:
-            ok = isinstance(value, type(default))
-        if not ok:
-            raise ConfigError(f"{where}{key}: {value!r} is not a {type(default).__name__}",
-                              f"write {key} = {default!r} or similar")
+        value = _typed_value(name, value, default, origins)
+        if name in RANGES:
+            lo, hi = RANGES[name]
+            if not lo <= value <= hi:
+                raise ConfigError(f"{name}: {value!r} is not within {lo:g}..{hi:g}{_origin(origins, name)}",
+                                  f"give {name} a value from {lo:g} to {hi:g}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(CHOICES[name])}{_origin(origins, name)}",
+                              f"write {key} = \"{CHOICES[name][0]}\"")
         values[key] = value
-    config = cls(**values)
-    if getattr(config, "anomaly_every_s", 0) < 0:
-        raise ConfigError(f"{where}anomaly_every_s: must not be negative", "give 0 for none")
-    for key in ("index_every", "sync_nice", "drain_per_s"):
-        if getattr(config, key, 0) < 0:
-            raise ConfigError(f"{where}{key}: must not be negative", "give 0 or more")
-    for key in ("fps", "rate_hz", "status_every_s", "deadline_ms"):
-        if hasattr(config, key) and getattr(config, key) <= 0:
-            raise ConfigError(f"{where}{key}: must be above 0", f"give {key} a positive number")
+    return cls(**values)
+
+
+def validate(table: Mapping[str, Any], origins: Mapping[str, str] | None = None) -> AgentConfig:
+    """A whole config from a table (the file's, with environment, flags and desired documents
+    merged over it); ConfigError names the first bad key, where it came from and the fix.
+    ``origins`` maps a key (or section) to where its value came from."""
+    origins = origins or {}
+    config: AgentConfig = _section(AgentConfig, table, "", origins)
+    for key in NAMES:
+        check_name(key + _origin(origins, key), getattr(config, key))
+    if config.group:
+        check_name("group" + _origin(origins, "group"), config.group)
+    if config.broker:
+        from edgeloop.sync.mqtt_client import parse_broker
+
+        parse_broker(config.broker, "broker" + _origin(origins, "broker"))
+    if not config.data_dir:
+        raise ConfigError("data_dir: empty", "give the folder where the outbox and state live")
+    cam = config.camera
+    for key, model in (("canary", cam.canary), ("shadow", cam.shadow)):
+        if model and model == cam.model:
+            raise ConfigError(f"camera.{key}: '{model}' is the camera's model already", f"name another model or \"\"")
     return config
 
 
-def with_overrides(config: AgentConfig, table: Mapping[str, Any]) -> AgentConfig:
-    """``config`` with the keys of ``table`` (a partial config, e.g. from MQTT) over it,
-    validated the same way as a file."""
-    from dataclasses import asdict
+def check_resources(config: AgentConfig, store: Any) -> None:
+    """What the device must have for ``config``: its models registered (or files), its camera
+    folder holding images. ConfigError before anything starts or is replaced."""
+    from edgeloop.runtime.errors import EdgeloopError
 
-    from .remote_config import merge
+    cam, mcu = config.camera, config.mcu
+    wanted = [("camera.model", cam.model), ("camera.fallback", cam.fallback), ("camera.canary", cam.canary),
+              ("camera.shadow", cam.shadow)]
+    if mcu.enabled:
+        wanted += [("mcu.model", mcu.model), ("mcu.fallback", mcu.fallback)]
+    for key, name in wanted:
+        if name:
+            try:
+                store.resolve(name)
+            except EdgeloopError as exc:
+                raise ConfigError(f"{key}: {exc.problem}", exc.fix) from exc
+    if not cam.model:
+        raise ConfigError("camera.model: empty", "name the camera's model (edgeloop models list)")
+    if cam.folder and not cam.device:
+        from .sources.folder import list_images
 
-    base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
-    for section in ("camera", "mcu"):
-        base[section] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in base[section].items()}
-    return _typed(AgentConfig, merge(base, dict(table)), "")
+        list_images(Path(cam.folder).expanduser())  # raises when missing or empty
+    for key in ("ca_file", "cert_file", "key_file", "password_file"):
+        path = getattr(config.mqtt, key)
+        if path and not Path(path).expanduser().is_file():
+            raise ConfigError(f"mqtt.{key}: {path} does not exist", "give the path of a readable file")
+    if bool(config.mqtt.cert_file) != bool(config.mqtt.key_file):
+        raise ConfigError("mqtt: cert_file and key_file go together", "give both for mutual TLS, or neither")
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """The file (or the embedded demo defaults), then the environment over it."""
-    table: dict[str, Any] = {}
-    if path is not None:
+def _from_text(var: str, key: str, text: str) -> Any:
+    """An environment value typed by its key's default."""
+    default = getattr(AgentConfig(), key)
+    if isinstance(default, bool):
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, (int, float)):
         try:
-            table = tomllib.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"--config: cannot read {path}: {exc}", "give the path of a TOML file") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config: {path} is not valid TOML: {exc}", "fix the file") from exc
-    config = _typed(AgentConfig, table, "")
+            number = float(text)
+        except ValueError as exc:
+            raise ConfigError(f"{var}: '{text}' is not a number", f"give a number, e.g. {default}") from exc
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    return text
+
+
+def read_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc}", "give the path of a TOML file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}", "fix the file") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not UTF-8 text", "save it as UTF-8") from exc
+
+
+def load_table(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+               flags: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The merged table (file, then environment, then flags) and where each key came from."""
+    table = read_file(path)
+    origins = {key: f"--config {path}" for key in table} if path is not None else {}
     env = os.environ if environ is None else environ
-    overrides: dict[str, Any] = {}
     for var, key in ENV.items():
         if var in env:
-            if key in ("status_every_s", "metrics_port"):
-                try:
-                    overrides[key] = float(env[var])
-                except ValueError as exc:
-                    raise ConfigError(f"{var}: '{env[var]}' is not a number", "give seconds, e.g. 5") from exc
-            else:
-                overrides[key] = env[var]
-    return replace(config, **overrides)
+            table[key] = _from_text(var, key, env[var])
+            origins[key] = var
+    for key, value in (flags or {}).items():
+        if value is not None:
+            table[key] = value
+            origins[key] = "--" + key.removesuffix("_s").replace("_", "-")
+    return table, origins
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                flags: Mapping[str, Any] | None = None) -> AgentConfig:
+    """The file (or the embedded demo defaults), the environment and the flags over it, validated."""
+    table, origins = load_table(path, environ, flags)
+    return validate(table, origins)
+
+
+def with_overrides(config: AgentConfig, table: Mapping[str, Any], where: str = "MQTT") -> AgentConfig:
+    """``config`` with the keys of ``table`` (a partial config, e.g. a desired document) over it,
+    validated the same way as a file."""
+    return validate(merge(config.table(), table), {key: where for key in table})

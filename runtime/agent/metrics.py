@@ -1,25 +1,33 @@
-"""The agent's Prometheus metrics (prometheus-client), on 127.0.0.1 by default.
+"""The agent's Prometheus metrics (prometheus-client) and its ``/status`` JSON, on 127.0.0.1 by
+default (``EDGELOOP_METRICS_ADDR`` for another address).
 
-Figures are read from the agent when scraped (a collector), so serving costs nothing between
-scrapes. Energy per inference comes from RAPL (``/sys/class/powercap/intel-rapl:0/energy_uj``)
-where it is readable, else from the configured device power; ``edgeloop_energy_source`` says
-which. Cost per million inferences follows from the configured price of a kWh.
+- Latency is a histogram with buckets for millisecond answers (``rate()`` and
+  ``histogram_quantile()`` work on it); answers, alerts, CPU time, energy, drops and restarts are
+  counters, never "since start" rates.
+- Figures that live elsewhere (the outbox in the sync worker, the ladders, the stages) are read
+  when scraped, by a collector; their series are always there (a drained stream reads 0).
+- Energy comes from RAPL (``/sys/class/powercap/intel-rapl:0/energy_uj``) where it is readable,
+  else from the configured device power; ``edgeloop_energy_source`` says which.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from threading import Thread
 from typing import Any, Iterator
 
-import numpy as np
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 LINK_STATES = ("online", "connecting", "offline", "none")
+# Served latency from a few tens of µs (a cached answer) to the deadline and past it.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def _rapl_uj() -> int | None:
@@ -29,105 +37,235 @@ def _rapl_uj() -> int | None:
         return None
 
 
+class AgentMetrics:
+    """What the hot path updates (``observe``: about 2 µs) and the collector of the rest."""
+
+    def __init__(self, agent: Any) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("task", "slot", "rung")
+        self.latency = Histogram("edgeloop_inference_latency_seconds", "served latency, input in to answer",
+                                 labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.answers = Counter("edgeloop_inferences", "answers served", labels, registry=self.registry)
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.registry.register(AgentCollector(agent))
+
+    def observe(self, inference: Any) -> None:
+        key = (inference.task, inference.slot, inference.served.rung)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.latency.labels(*key), self.answers.labels(*key))
+        children[0].observe(inference.served.latency_ms / 1000.0)
+        children[1].inc()
+
+
 class AgentCollector:
-    def __init__(self, agent: Any, device_power_w: float, price_per_kwh: float) -> None:
+    def __init__(self, agent: Any) -> None:
         self.agent = agent
-        self.device_power_w = device_power_w
-        self.price_per_kwh = price_per_kwh
         self.started = time.monotonic()
         self.rapl_start = _rapl_uj()
 
-    def energy_per_inference_j(self) -> tuple[float | None, str]:
-        n = self.agent.inferences
-        if not n:
-            return None, "none yet"
+    def energy_j(self) -> tuple[float, str]:
+        """Energy used since start, and where the figure comes from."""
         now_uj = _rapl_uj()
         if self.rapl_start is not None and now_uj is not None and now_uj >= self.rapl_start:
-            return (now_uj - self.rapl_start) / 1e6 / n, "rapl"
-        return self.device_power_w * (time.monotonic() - self.started) / n, "configured device power"
+            return (now_uj - self.rapl_start) / 1e6, "rapl"
+        return self.agent.config.device_power_w * (time.monotonic() - self.started), "configured device power"
 
     def collect(self) -> Iterator[Metric]:
         a = self.agent
-        labels = ["model"]
-        model = a.config.camera.model
-        yield CounterMetricFamily("edgeloop_inferences", "inferences served", value=a.inferences)
-        lat = np.asarray(a.latencies_ms) / 1000.0 if a.latencies_ms else None
-        q = GaugeMetricFamily("edgeloop_inference_latency_seconds", "latency over the last 2,000 inferences",
-                              labels=[*labels, "quantile"])
-        if lat is not None:
-            for quantile in (0.5, 0.95, 0.99):
-                q.add_metric([model, str(quantile)], float(np.quantile(lat, quantile)))
-        yield q
-        jitter = GaugeMetricFamily("edgeloop_inference_jitter_seconds", "mean absolute change between latencies",
-                                   labels=labels)
-        if lat is not None and lat.size > 1:
-            jitter.add_metric([model], float(np.abs(np.diff(lat)).mean()))
-        yield jitter
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        yield GaugeMetricFamily("edgeloop_inferences_per_second", "since start", value=a.inferences / elapsed)
+        c = a.config
+        yield InfoMetricFamily("edgeloop_agent", "the agent", value={"device": c.device, "fleet": c.fleet,
+                                                                     "version": _version()})
+        yield CounterMetricFamily("edgeloop_alerts", "alert events raised", value=a.alerts)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        if a.inferences:
-            worker = a.outbox.cpu_seconds() if a.outbox is not None else 0.0
-            yield GaugeMetricFamily("edgeloop_cpu_seconds_per_inference",
-                                    "CPU time of the agent and its sync worker / inferences",
-                                    value=(usage.ru_utime + usage.ru_stime + worker) / a.inferences)
-        energy, source = self.energy_per_inference_j()
+        cpu = CounterMetricFamily("edgeloop_cpu_seconds", "CPU time", labels=["process"])
+        cpu.add_metric(["agent"], usage.ru_utime + usage.ru_stime)
+        cpu.add_metric(["sync_worker"], a.worker.cpu_seconds() if a.worker is not None else 0.0)
+        yield cpu
+        energy, source = self.energy_j()
         src = GaugeMetricFamily("edgeloop_energy_source", "1 for where the energy figure comes from",
                                 labels=["source"])
         src.add_metric([source], 1.0)
         yield src
-        if energy is not None:
-            yield GaugeMetricFamily("edgeloop_energy_per_inference_joules", "energy / inferences", value=energy)
+        yield CounterMetricFamily("edgeloop_energy_joules", "energy used since start", value=energy)
+        if a.inferences:
+            per = energy / a.inferences
+            yield GaugeMetricFamily("edgeloop_energy_per_inference_joules", "energy / answers, since start",
+                                    value=per)
             yield GaugeMetricFamily("edgeloop_cost_per_million_inferences", "at the configured price of a kWh",
-                                    value=energy * 1e6 / 3.6e6 * self.price_per_kwh)
-        sync = a.outbox.stats() if a.outbox is not None else None
+                                    value=per * 1e6 / 3.6e6 * c.price_per_kwh)
+        yield from self._engine()
+        yield from self._stages()
+        yield from self._sinks()
+        yield from self._sync()
+        yield from self._ladders()
+        yield from self._mcu_and_mqtt()
+
+    def _engine(self) -> Iterator[Metric]:
+        stats = getattr(self.agent.engine, "stats", None)
+        events = stats()["fallback_events"] if callable(stats) else []
+        fb = CounterMetricFamily("edgeloop_delegate_fallbacks", "models running on the CPU variant because "
+                                 "their delegate was missing or failed", labels=["model", "wanted"])
+        counts: dict[tuple[str, str], int] = {}
+        for e in events:
+            counts[(e["model"], e["wanted"])] = counts.get((e["model"], e["wanted"]), 0) + 1
+        for (model, wanted), n in counts.items():
+            fb.add_metric([model, wanted], n)
+        yield fb
+
+    def _stages(self) -> Iterator[Metric]:
+        sup = self.agent.supervisor
+        up = GaugeMetricFamily("edgeloop_stage_up", "1 while the stage runs", labels=["stage"])
+        restarts = CounterMetricFamily("edgeloop_stage_restarts", "stages started again after failing",
+                                       labels=["stage"])
+        for name, st in (sup.health().items() if sup is not None else []):
+            up.add_metric([name], float(st["state"] == "running"))
+            restarts.add_metric([name], st["restarts"])
+        yield up
+        yield restarts
+
+    def _sinks(self) -> Iterator[Metric]:
+        from edgeloop.sync.worker import STREAM_POLICIES
+
+        records = self.agent.records
+        st = records.stats() if records is not None else {"streams": {}, "pending": 0, "failed_batches": 0}
+        streams = {s: {"accepted": 0, "dropped": 0, "confirmed": 0} for s in (*STREAM_POLICIES, "mcu-events")}
+        streams.update(st["streams"])
+        accepted = CounterMetricFamily("edgeloop_records_accepted", "records queued by the pipeline", labels=["stream"])
+        dropped = CounterMetricFamily("edgeloop_records_dropped", "records dropped by a full queue's rule",
+                                      labels=["stream"])
+        confirmed = CounterMetricFamily("edgeloop_records_confirmed", "records confirmed durable in the outbox",
+                                        labels=["stream"])
+        for stream, s in streams.items():
+            accepted.add_metric([stream], s["accepted"])
+            dropped.add_metric([stream], s["dropped"])
+            confirmed.add_metric([stream], s["confirmed"])
+        yield accepted
+        yield dropped
+        yield confirmed
+        yield GaugeMetricFamily("edgeloop_records_pending", "records accepted, not yet confirmed durable",
+                                value=st["pending"])
+        yield CounterMetricFamily("edgeloop_outbox_failed_batches", "batches the outbox refused (full disk, a "
+                                  "worker restart); retried", value=st["failed_batches"])
+
+    def _sync(self) -> Iterator[Metric]:
+        from edgeloop.sync.worker import STREAM_POLICIES
+
+        a = self.agent
+        try:
+            sync = a.worker.stats() if a.worker is not None else None
+        except Exception:  # a worker being replaced: its series come back at the next scrape
+            sync = None
+        rows = GaugeMetricFamily("edgeloop_outbox_rows", "records waiting", labels=["stream"])
+        size = GaugeMetricFamily("edgeloop_outbox_bytes", "bytes waiting", labels=["stream"])
+        evicted = CounterMetricFamily("edgeloop_outbox_evictions", "records evicted", labels=["stream", "reason"])
+        streams = {s: {"rows": 0, "bytes": 0, "evictions": {}} for s in STREAM_POLICIES}
         if sync is not None:
-            rows = GaugeMetricFamily("edgeloop_outbox_rows", "records waiting", labels=["stream"])
-            size = GaugeMetricFamily("edgeloop_outbox_bytes", "bytes waiting", labels=["stream"])
-            evicted = CounterMetricFamily("edgeloop_outbox_evictions", "records evicted", labels=["stream", "reason"])
-            for stream, st in sync["streams"].items():
-                rows.add_metric([stream], st["rows"])
-                size.add_metric([stream], st["bytes"])
-                for reason, count in st["evictions"].items():
-                    evicted.add_metric([stream, reason], count)
-            yield rows
-            yield size
-            yield evicted
-            items = GaugeMetricFamily("edgeloop_index_items", "vectors in the local retrieval index",
-                                      labels=["collection"])
-            for name, count in sync["index"].items():
-                items.add_metric([name], count)
-            yield items
-            yield CounterMetricFamily("edgeloop_sync_worker_restarts", "sync worker processes replaced",
-                                      value=sync["worker_restarts"])
+            streams.update(sync["streams"])
+        for stream, st in streams.items():
+            rows.add_metric([stream], st["rows"])
+            size.add_metric([stream], st["bytes"])
+            for reason, count in st["evictions"].items():
+                evicted.add_metric([stream, reason], count)
+        yield rows
+        yield size
+        yield evicted
+        items = GaugeMetricFamily("edgeloop_index_items", "vectors in the local retrieval index", labels=["collection"])
+        for name, count in (sync["index"].items() if sync else []):
+            items.add_metric([name], count)
+        yield items
+        yield CounterMetricFamily("edgeloop_sync_worker_restarts", "sync worker processes replaced",
+                                  value=a.worker.restarts if a.worker is not None else 0)
         link = GaugeMetricFamily("edgeloop_link_state", "1 for the MQTT link's state", labels=["state"])
         state = sync["link"]["state"] if sync is not None and sync["link"] is not None else "none"
         for s in LINK_STATES:
             link.add_metric([s], float(s == state))
         yield link
-        if a.ladder is not None:
-            st = a.ladder.stats()
-            rung = GaugeMetricFamily("edgeloop_ladder_level", "0 is the best rung", labels=["task", "rung"])
-            rung.add_metric([st["task"], st["rung"]], st["level"])
-            yield rung
-            yield CounterMetricFamily("edgeloop_shed", "requests shed", value=st["shed"])
-        if a.drift is not None:
-            drift = GaugeMetricFamily("edgeloop_drift_psi", "population stability index against the baseline",
-                                      labels=["model", "feature"])
-            for feature, score in a.drift.scores().items():
-                drift.add_metric([model, feature], score)
-            yield drift
-        if a.loop is not None:
-            fig = a.loop.figures()
-            if "loop_p99_ms" in fig:
-                yield GaugeMetricFamily("edgeloop_mcu_loop_p99_seconds", "window received to command acknowledged",
-                                        value=fig["loop_p99_ms"] / 1000.0)
+        if sync is not None and sync["link"] is not None:
+            yield CounterMetricFamily("edgeloop_link_delivered_records", "records the broker acknowledged",
+                                      value=sync["link"]["delivered_records"])
+
+    def _ladders(self) -> Iterator[Metric]:
+        part = self.agent.camera
+        level = GaugeMetricFamily("edgeloop_ladder_level", "0 is the best rung", labels=["task", "slot"])
+        rung = GaugeMetricFamily("edgeloop_ladder_rung", "1 for the rung serving", labels=["task", "slot", "rung"])
+        shed = CounterMetricFamily("edgeloop_shed", "requests shed", labels=["task", "slot"])
+        steps = CounterMetricFamily("edgeloop_ladder_transitions", "steps down and up", labels=["task", "slot"])
+        for slot, ladder in (part.ladders.items() if part is not None else []):
+            st = ladder.stats()
+            level.add_metric([part.task, slot], st["level"])
+            for r in ladder.rungs:
+                rung.add_metric([part.task, slot, r.name], float(r.name == st["rung"]))
+            shed.add_metric([part.task, slot], st["shed"])
+            steps.add_metric([part.task, slot], st["transitions"])
+        yield level
+        yield rung
+        yield shed
+        yield steps
+        drift = GaugeMetricFamily("edgeloop_drift_psi", "population stability index against the baseline",
+                                  labels=["model", "feature"])
+        if part is not None and part.drift is not None:
+            for feature, score in part.drift.scores().items():
+                drift.add_metric([part.task, feature], score)
+        yield drift
+
+    def _mcu_and_mqtt(self) -> Iterator[Metric]:
+        a = self.agent
+        loop = a.loop
+        if loop is not None:
+            fig = loop.figures()
+            yield CounterMetricFamily("edgeloop_mcu_windows", "sensor windows received", value=fig["windows"])
             yield CounterMetricFamily("edgeloop_mcu_commands", "commands acknowledged", value=fig["commands"])
+            if "loop_p99_ms" in fig:
+                yield GaugeMetricFamily("edgeloop_mcu_loop_latency_p99_seconds",
+                                        "window received to command acknowledged, p99", value=fig["loop_p99_ms"] / 1e3)
+        r = a.responder
+        if r is not None:
+            req = CounterMetricFamily("edgeloop_requests", "MQTT inference requests", labels=["outcome"])
+            req.add_metric(["answered"], r.answered)
+            req.add_metric(["failed"], r.failed)
+            req.add_metric(["unanswerable"], r.unanswerable)
+            yield req
+        if a.desired is not None:
+            yield CounterMetricFamily("edgeloop_desired_config_rejected", "desired documents rejected",
+                                      value=a.desired.rejected)
+        errors = CounterMetricFamily("edgeloop_mqtt_callback_errors", "MQTT callbacks that failed (logged)",
+                                     labels=["part"])
+        for part in (a.desired, a.responder):
+            if part is not None:
+                errors.add_metric([part.guard.part], part.guard.errors)
+        yield errors
 
 
-def serve_metrics(agent: Any, port: int, device_power_w: float, price_per_kwh: float) -> tuple[Any, CollectorRegistry]:
-    """Start the endpoint on 127.0.0.1:``port`` (0: any free port); returns (server, registry)."""
-    registry = CollectorRegistry()
-    registry.register(AgentCollector(agent, device_power_w, price_per_kwh))
-    server, _ = start_http_server(port, addr=os.environ.get("EDGELOOP_METRICS_ADDR", "127.0.0.1"), registry=registry)
-    return server, registry
+def _version() -> str:
+    from .status import package_version
+
+    return package_version()
+
+
+def serve(agent: Any, metrics: AgentMetrics, port: int) -> ThreadingHTTPServer:
+    """``/metrics`` (Prometheus text) and ``/status`` (JSON) on 127.0.0.1:``port`` (0: a free port)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body, kind = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+            elif path == "/status":
+                body, kind = json.dumps(agent.status(), default=str).encode(), "application/json"
+            else:
+                self.send_error(404, "edgeloop serves /metrics and /status")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not log lines
+            pass
+
+    server = ThreadingHTTPServer((os.environ.get("EDGELOOP_METRICS_ADDR", "127.0.0.1"), port), Handler)
+    server.daemon_threads = True
+    Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -59,3 +59,38 @@ def engine_flags(parser: argparse.ArgumentParser) -> None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def broker_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """--broker and the TLS/credential flags every MQTT command takes, with the agent's defaults."""
+    from edgeloop.sync.topics import DEFAULT_FLEET
+
+    g = parser.add_argument_group("broker")
+    g.add_argument("--broker", required=required, help="HOST[:PORT] (1883 when no port is given)")
+    g.add_argument("--fleet", default=DEFAULT_FLEET, help=f"the fleet's topic level (default {DEFAULT_FLEET}, "
+                   "as the agent's)")
+    g.add_argument("--ca-file", help="TLS: the CA the broker's certificate must chain to")
+    g.add_argument("--cert-file", help="mutual TLS: this client's certificate (with --key-file)")
+    g.add_argument("--key-file", help="mutual TLS: this client's private key")
+    g.add_argument("--username", help="MQTT username")
+    g.add_argument("--password-file", help="a file holding the MQTT password (never a flag: ps shows flags)")
+
+
+def broker_from_args(args: argparse.Namespace) -> Any:
+    """The BrokerConfig of --broker and the TLS/credential flags; the fleet name checked."""
+    from pathlib import Path
+
+    from edgeloop.sync.mqtt_client import BrokerConfig, parse_broker
+    from edgeloop.sync.topics import check_name
+
+    check_name("--fleet", args.fleet)
+    host, port = parse_broker(args.broker)
+    password = None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--password-file: cannot read {args.password_file} ({exc})",
+                              "give a readable file holding the password") from exc
+    return BrokerConfig(host, port, username=args.username, password=password, ca_file=args.ca_file,
+                        cert_file=args.cert_file, key_file=args.key_file)

@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop.runtime.errors import ConfigError
-from edgeloop.sync.link import parse_broker
+
+from .common import broker_flags, broker_from_args
 
 
 def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("regional", help="the regional receiver (run until stopped), or its stats")
     p.add_argument("action", nargs="?", choices=("run", "stats"), default="run")
     p.add_argument("--db", type=Path, required=True, help="the regional database file")
-    p.add_argument("--broker", help="HOST[:PORT] (run)")
-    p.add_argument("--fleet", default="default")
     p.add_argument("--share", help="MQTT 5 shared-subscription group, for several receivers (run)")
     p.add_argument("--client-id", help="a stable id keeps the broker session across restarts (run)")
     p.add_argument("--json", action="store_true", help="(stats)")
     p.add_argument("--respond", action="append", default=[], metavar="TASK=MODEL",
                    help="also answer the devices' offloaded TASK requests with MODEL (repeatable; run)")
+    broker_flags(p)
     common(p)
     p.set_defaults(handler=cmd_regional)
 
@@ -32,9 +32,8 @@ def register(sub: Any, common: Any) -> None:
 def register_drain(osub: Any) -> None:
     d = osub.add_parser("drain", help="send the outbox to a broker until it is empty")
     d.add_argument("--db", type=Path, required=True, help="the outbox file")
-    d.add_argument("--broker", required=True, help="HOST[:PORT]")
-    d.add_argument("--fleet", default="default")
     d.add_argument("--device", required=True)
+    broker_flags(d, required=True)
     d.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)")
     d.set_defaults(handler=cmd_drain)
 
@@ -61,15 +60,15 @@ def cmd_regional(args: argparse.Namespace) -> int:
         return 0
     if not args.broker:
         raise ConfigError("--broker is required to run the receiver", "add --broker HOST[:PORT]")
-    host, port = parse_broker(args.broker)
-    responder, engine = _responder(args, host, port)
+    broker = broker_from_args(args)
+    responder, engine = _responder(args, broker)
     store = RegionalStore(args.db)
-    receiver = RegionalReceiver(store, host, port, fleet=args.fleet, share=args.share, client_id=args.client_id)
+    receiver = RegionalReceiver(store, broker, fleet=args.fleet, share=args.share, client_id=args.client_id)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     receiver.start()
-    print(f"regional: receiving {receiver.subscription} from {host}:{port} into {args.db}", flush=True)
+    print(f"regional: receiving {receiver.subscription} from {broker.address} into {args.db}", flush=True)
     if responder is not None:
         responder.start()
         print(f"regional: answering {', '.join(responder.models)} requests", flush=True)
@@ -82,7 +81,7 @@ def cmd_regional(args: argparse.Namespace) -> int:
     return 0
 
 
-def _responder(args: argparse.Namespace, host: str, port: int) -> tuple[Any, Any]:
+def _responder(args: argparse.Namespace, broker: Any) -> tuple[Any, Any]:
     """The offload responder for ``--respond TASK=MODEL``, or (None, None)."""
     if not args.respond:
         return None, None
@@ -99,16 +98,23 @@ def _responder(args: argparse.Namespace, host: str, port: int) -> tuple[Any, Any
     engine = engine_from_args(args)
     models = {task: (lambda source, m=engine.load(model): m.classify(source).to_dict()) for task, model in pairs}
     client = f"{args.client_id}-responder" if args.client_id else "edgeloop-responder"
-    return Responder(host, port, args.fleet, models, share=args.share, client_id=client), engine
+    return Responder(broker, args.fleet, models, share=args.share, client_id=client), engine
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
     from edgeloop.sync.link import LinkConfig, MqttLink
     from edgeloop.sync.outbox import Outbox
 
-    host, port = parse_broker(args.broker)
+    from edgeloop.sync.topics import check_name
+
+    b = broker_from_args(args)
+    check_name("--device", args.device)
+    if not args.db.exists():
+        raise ConfigError(f"--db: {args.db} does not exist", "give the path of the device's outbox file")
     with Outbox(args.db, args.device) as box:
-        link = MqttLink(box, LinkConfig(host, port, fleet=args.fleet, device=args.device))
+        link = MqttLink(box, LinkConfig(b.host, b.port, fleet=args.fleet, device=args.device, username=b.username,
+                                        password=b.password, ca_file=b.ca_file, cert_file=b.cert_file,
+                                        key_file=b.key_file))
         link.start()
         deadline = time.monotonic() + args.timeout
         try:

@@ -1,36 +1,30 @@
-"""The agent's camera sources: a folder of images replayed as a camera (``folder.py``) or a
-V4L2 camera through OpenCV (``v4l2.py``). Each has ``read() -> Frame | None`` (None: no frame
-now, try again) and ``close()``."""
+"""The agent's sources, one file each, found by ``KEY``: camera sources (``folder``: an image
+folder replayed as a camera; ``v4l2``: a camera through OpenCV), each with
+``open(camera_config, default_folder) -> CameraSource``; the MCU's windows (``mcu``) and MQTT
+requests (``mqtt-requests``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from edgeloop.runtime.errors import ConfigError
+
+from ..registry import discover
+from ..seams import CameraSource, Frame
 
 
-class Frame(NamedTuple):
-    name: str  # the file's name, or the camera's frame counter
-    image: Any  # a PIL image (RGB or as the file holds it)
-    path: Path | None = None  # the file, for a replayed folder
-
-    def raw(self) -> bytes:
-        """The frame's bytes as they came (the file), else as PNG."""
-        if self.path is not None:
-            return self.path.read_bytes()
-        from edgeloop.runtime.source_bytes import to_bytes
-
-        return to_bytes(self.image)[0]
+def camera_kind(device: str) -> str:
+    return "v4l2" if device else "folder"
 
 
-def open_camera(device: str, folder: str, default_folder: Path) -> Any:
+def open_camera(device: str, folder: str, default_folder: Path) -> CameraSource:
     """``device`` set: that V4L2 camera (or video file); else the folder (or ``default_folder``)."""
-    if device:
-        from .v4l2 import V4l2Camera
-
-        return V4l2Camera(device)
-    from .folder import FolderCamera
-
-    return FolderCamera(Path(folder).expanduser() if folder else default_folder)
+    kind = camera_kind(device)
+    module: Any = discover(__name__).get(kind)
+    if module is None:
+        raise ConfigError(f"camera: the '{kind}' source is not available", "see the log for why it did not load")
+    return module.open(device=device, folder=folder, default_folder=default_folder)
 
 
-__all__ = ["Frame", "open_camera"]
+__all__ = ["Frame", "open_camera", "camera_kind"]

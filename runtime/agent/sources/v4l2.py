@@ -14,7 +14,9 @@ from typing import Any
 
 from edgeloop.runtime.errors import ConfigError
 
-from . import Frame
+from ..seams import Frame
+
+KEY = "v4l2"
 
 log = logging.getLogger("edgeloop.camera")
 
@@ -49,8 +51,6 @@ class V4l2Camera:
         return cv2.VideoCapture(self.device)
 
     def read(self) -> Frame | None:
-        from PIL import Image
-
         if self.cap is None:
             if time.monotonic() < self._retry_at:
                 return None
@@ -65,8 +65,8 @@ class V4l2Camera:
             return None
         self._backoff = 0.1
         self.n += 1
-        rgb = bgr[..., ::-1] if bgr.ndim == 3 else bgr  # OpenCV gives BGR
-        return Frame(f"frame-{self.n}", Image.fromarray(rgb.copy()))
+        # OpenCV gives BGR: the preprocess kernel converts from it as it resizes.
+        return Frame(f"frame-{self.n}", bgr, "BGR" if bgr.ndim == 3 else "GRAY")
 
     def _give_up_for_now(self, why: str) -> None:
         self.failures += 1
@@ -81,3 +81,7 @@ class V4l2Camera:
         if self.cap is not None:
             self.cap.release()
             self.cap = None
+
+
+def open(device: str, folder: str, default_folder: Any) -> V4l2Camera:  # noqa: A001 (the registry's name)
+    return V4l2Camera(device)

@@ -1,0 +1,147 @@
+"""The camera's part of the pipeline: source → one conversion → router → ladder → decisions →
+sinks.
+
+``CameraPart`` holds what one configuration needs (the models, a ladder per model slot, the
+router over them, the source, the drift monitor) and is built whole before it replaces the
+running one, so a configuration that cannot be built (a model that does not load, a folder
+without images) is refused with the old part still serving. ``serve`` answers one frame (a
+camera's or a request's); ``run`` is the camera stage's loop.
+
+The router's task is the camera model's name: ``camera.canary`` answers ``canary_share`` of the
+frames, ``camera.shadow`` sees ``shadow_share`` of them off the hot path, and the next issue's
+rollout switches the primary with ``router.switch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeloop.runtime.drift import DriftMonitor
+from edgeloop.runtime.prepared import PreparedFrame
+from edgeloop.runtime.router import Request, Route, Router
+from edgeloop.runtime.watchdog import CacheRung, DefaultRung, Ladder, LadderConfig, ModelRung
+
+from .config import AgentConfig
+from .seams import CameraSource, Frame, Inference, Record
+from .sources import open_camera
+
+log = logging.getLogger("edgeloop.agent")
+
+HANG_S = 1.0  # a model call longer than this is a hang: its worker is abandoned
+
+
+def bundled_samples() -> Path:
+    """The demo's camera folder: the digit samples shipped with the models."""
+    from edgeloop.models import store
+
+    return Path(store.__file__).resolve().parent / "samples"
+
+
+def rung_name(model: Any) -> str:
+    """The model's first rung is named for where it runs: its delegate, else ``cpu``."""
+    return model.delegate.kind if getattr(model, "delegate", None) is not None else "cpu"
+
+
+class CameraPart:
+    def __init__(self, config: AgentConfig, engine: Any, on_event: Callable[[Record], None]) -> None:
+        cam = config.camera
+        self.task = cam.model
+        self.models: dict[str, Any] = {}
+        self.ladders: dict[str, Ladder] = {}
+        self.source: CameraSource | None = None
+        self.drift: DriftMonitor | None = None
+        self.router: Router | None = None
+        try:
+            for slot in (cam.model, cam.canary, cam.shadow):
+                if slot:
+                    self.ladders[slot] = self._ladder(slot, cam, engine, on_event)
+            route = Route(cam.model, canary=(cam.canary, cam.canary_share) if cam.canary else None,
+                          shadow=(cam.shadow, cam.shadow_share) if cam.shadow else None)
+            self.router = Router(dict(self.ladders), {self.task: route})
+            self.primary = self.models[cam.model]
+            if self.primary.entry.baseline:
+                def drifted(event: dict[str, Any]) -> None:
+                    log.warning("drift: %s PSI %.3f over %.2f", event["feature"], event["psi"], event["threshold"])
+                    on_event(Record("events", {**event, "model": cam.model}))
+
+                self.drift = DriftMonitor(self.primary.entry.baseline, on_drift=drifted)
+            self.source = open_camera(cam.device, cam.folder, bundled_samples())
+        except BaseException:
+            self.close()
+            raise
+
+    def _ladder(self, slot: str, cam: Any, engine: Any, on_event: Callable[[Record], None]) -> Ladder:
+        model = self.models[slot] = engine.load(slot)
+        rungs = [ModelRung(rung_name(model), model, hang_s=HANG_S)]
+        if cam.fallback:
+            rungs.append(ModelRung("small", engine.load(cam.fallback), hang_s=HANG_S, degraded=True))
+        # A step down is an event for the outbox; it is queued, never written inside the request.
+        return Ladder(slot, [*rungs, CacheRung(), DefaultRung(None)], LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
+                      on_event=lambda event: on_event(Record("events", {"kind": "ladder", **event})))
+
+    @property
+    def ladder(self) -> Ladder:
+        return self.ladders[self.task]
+
+    def serve(self, frame: Frame, source: str, n: int = 0, **extra: Any) -> Inference:
+        """One frame through the router. The frame is converted once, here, into the primary
+        model's input tensor; the rungs, the cache key and the drift features reuse that work."""
+        prepared = PreparedFrame(frame.pixels, frame.fmt)
+        prepared.tensor_for(self.primary)
+        trace = os.urandom(8).hex()
+        assert self.router is not None
+        slot, served = self.router.serve(Request(self.task, prepared, key=trace))
+        ladder = self.ladders[slot]
+        embedding = None
+        if served.rung == ladder.rungs[0].name:  # a fallback's embedding lives in another space
+            e = getattr(served.result, "embedding", None)
+            embedding = e.vector if e is not None else None
+        top = getattr(served.result, "top", None) if served.result is not None else None
+        features = {"brightness": prepared.brightness(), "confidence": float(top[0].score) if top else 0.0}
+        model = self.models[slot]
+        return Inference(source, self.task, slot, served, trace, model.entry.version, prepared, frame, embedding,
+                         features, {"n": n, **extra})
+
+    def close(self) -> None:
+        if self.router is not None:
+            self.router.close()
+        for ladder in self.ladders.values():
+            ladder.close()
+        if self.source is not None:
+            self.source.close()
+        self.ladders, self.source = {}, None
+
+
+class CameraStage:
+    """The camera stage's loop over the current part (``part`` is replaced by the agent)."""
+
+    def __init__(self, part: CameraPart, config: Callable[[], AgentConfig], answered: Callable[[Inference], None]) -> None:
+        self.part = part
+        self.config = config
+        self.answered = answered
+        self.frames = 0
+
+    def run(self, stop: threading.Event) -> None:
+        next_at = time.monotonic()
+        part = self.part
+        while not stop.is_set():
+            period = 1.0 / self.config().camera.fps  # read each time: the rate changes live
+            assert part.source is not None
+            frame = part.source.read()
+            if frame is None:  # nothing now (a camera being opened again, a folder of bad files)
+                stop.wait(min(period, 0.1))
+                next_at = time.monotonic()
+                continue
+            self.frames += 1
+            self.answered(part.serve(frame, frame.name, self.frames))
+            next_at += period
+            left = next_at - time.monotonic()
+            if left > 0:
+                stop.wait(left)
+            elif left < -1.0:  # far behind (a slow model, a pause): start the schedule again
+                next_at = time.monotonic()

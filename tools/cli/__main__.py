@@ -1,0 +1,7 @@
+"""``python -m edgeloop.tools.cli``: the edgeloop command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
