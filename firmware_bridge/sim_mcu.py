@@ -232,6 +232,8 @@ class SimMcu:
         elif word == "replug":
             self.plug()
             self.hello()
+        elif word == "event":  # what a firmware reports on its own: a button, an overcurrent
+            self.send(MsgType.EVENT, {"event": arg or "demo"})
         elif word == "quit":
             return False
         return True

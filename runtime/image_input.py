@@ -83,6 +83,15 @@ def write_frame(frame: np.ndarray, fmt: str, out: np.ndarray, spec: TensorSpec, 
         raise InputError(f"cannot preprocess this frame: {exc}", "check the frame against its format") from exc
 
 
+def frame_writer(frame: np.ndarray, fmt: str, out: np.ndarray, spec: TensorSpec,
+                 input_spec: InputSpec) -> Any:
+    """``write_frame`` bound to ``frame``'s shape and format and ``out``'s: ``fn(frame, out)``."""
+    try:
+        return kernels.preprocessor(frame, fmt, out, **kernel_options(spec, input_spec))
+    except ValueError as exc:
+        raise InputError(f"cannot preprocess this frame: {exc}", "check the frame against its format") from exc
+
+
 def image_to_input(image: Any, spec: TensorSpec, input_spec: InputSpec = InputSpec()) -> np.ndarray:
     """An array ready for ``set_input``: the model's shape and dtype."""
     _, _, channels = geometry(spec, input_spec)

@@ -15,7 +15,7 @@ from edgeloop.models.manifest import Artifact, ModelEntry
 from . import results
 from .backends import BackendInterpreter
 from .errors import InferenceError, InputError
-from .image_input import image_to_input, load_image, write_frame
+from .image_input import frame_writer, image_to_input, load_image, write_frame
 from .prepared import PreparedFrame
 from .tensors import TensorSpec
 
@@ -62,6 +62,7 @@ class LoadedModel:
         self._all = [first]
         self._lock = threading.Lock()
         self._labels: list[str] | None = None
+        self._writers: dict[Any, Any] = {}  # (format, frame shape, dtype) -> bound preprocess
         self._closed = False
 
     @property
@@ -152,6 +153,17 @@ class LoadedModel:
             raise InputError(f"input {path} does not exist", "check the path")
         return image_to_input(load_image(path), spec, self.entry.input)
 
+    def frame_into(self, frame: np.ndarray, fmt: str, out: np.ndarray) -> None:
+        """A camera frame preprocessed into ``out`` (input 0's shape, NHWC). The kernel's plan is
+        made once per frame shape and format and kept: a camera's frames all share it."""
+        key = (fmt, frame.shape, frame.dtype.str)
+        writer = self._writers.get(key)
+        if writer is None:
+            if len(self._writers) > 16:  # a source whose frames keep changing size
+                self._writers.clear()
+            writer = self._writers[key] = frame_writer(frame, fmt, out, self.inputs[0], self.entry.input)
+        writer(frame, out)
+
     def run_frame(self, frame: np.ndarray, fmt: str = "RGB",
                   roi: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:
         """A camera frame (RGB, BGR, RGBA, GRAY, YUYV or NV12) preprocessed straight into the
@@ -176,7 +188,7 @@ class LoadedModel:
             if e is None:
                 return found
             e = self._output_index(e, "embedding")  # the same invoke's features: no second run for them
-            return replace(found, embedding=results.embed(outputs[e], self.outputs[e]))
+            return replace(found, raw_embedding=(outputs[e], self.outputs[e]))
         if kind == "embedding":
             return results.embed(outputs[n], self.outputs[n])
         if kind == "detection":

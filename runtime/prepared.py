@@ -36,7 +36,7 @@ class PreparedFrame:
                 write_frame(self.pixels, self.fmt, hwc, spec, input_spec)
                 tensor[0] = hwc.transpose(2, 0, 1)
             else:
-                write_frame(self.pixels, self.fmt, tensor, spec, input_spec)
+                model.frame_into(self.pixels, self.fmt, tensor)
             self._tensors[k] = tensor
             if self._key is None:
                 from .watchdog.rungs import input_key

@@ -29,7 +29,18 @@ class Classification:
     when the model's manifest names an embedding output."""
 
     top: tuple[Class, ...]
-    embedding: "Embedding | None" = field(default=None, compare=False, repr=False)
+    # The embedding output as it came, decoded when first asked for (most answers never are:
+    # the agent indexes every n-th frame); (tensor, spec) or an Embedding.
+    raw_embedding: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def embedding(self) -> "Embedding | None":
+        raw = self.raw_embedding
+        if raw is None or isinstance(raw, Embedding):
+            return raw
+        decoded = embed(*raw)
+        object.__setattr__(self, "raw_embedding", decoded)
+        return decoded
 
     @property
     def best(self) -> Class:

@@ -44,6 +44,7 @@ class Request:
     key: str = ""  # stable key for canary/A-B and shadow sampling (device or request id)
     domain: str | None = None
     version: str | None = None
+    inline: bool = False  # the slot's models may run on the caller's thread (a supervised stage)
 
 
 def bucket(key: str, salt: str) -> float:
@@ -105,7 +106,8 @@ class Router:
         """(slot name, what the slot answered)."""
         route = self._route(request.task)
         name = self._pick(route, request)
-        answer = self.slots[name].serve(request.source)
+        slot = self.slots[name]
+        answer = slot.serve(request.source, inline=True) if request.inline else slot.serve(request.source)
         with self._lock:
             self.counts[name] = self.counts.get(name, 0) + 1
         if route.shadow is not None and route.shadow[0] != name \

@@ -96,6 +96,28 @@ def test_preprocess_odd_tiny_and_strided_sources(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("fmt,channels", [("GRAY", 1), ("RGB", 3), ("BGR", 3), ("YUYV", 3)])
+@pytest.mark.parametrize("quant", QUANT[:4], ids=lambda q: f"{np.dtype(q[0]).name}-{q[3]:.4g}-{q[4]}")
+def test_a_bound_preprocessor_equals_preprocess_and_copies_only_an_identity(path, fmt, channels, quant):
+    """``preprocessor`` (a camera's plan made once) gives what ``preprocess`` gives, for every
+    frame of that geometry; at the model's own size and format with no normalization it copies."""
+    dtype, mean, std, scale, zp = quant
+    for size in ((24, 32), (13, 9)):
+        out_a = np.empty((1, *size, channels), dtype)
+        out_b = np.empty_like(out_a)
+        src = frame(fmt, 24, 32)
+        bound = kernels.preprocessor(src, fmt, out_a, path=path, mean=mean, std=std, scale=scale, zero_point=zp)
+        for seed in range(3):
+            src = frame(fmt, 24, 32, seed=seed)
+            bound(src, out_a)
+            kernels.preprocess(src, fmt, out_b, path=path, mean=mean, std=std, scale=scale, zero_point=zp)
+            assert np.array_equal(out_a, out_b), (size, seed)
+    plan = kernels.make_plan(frame(fmt, 24, 32), fmt, np.empty((1, 24, 32, channels), dtype), mean=mean, std=std,
+                             scale=scale, zero_point=zp)
+    assert kernels._is_copy(plan) == (fmt in ("GRAY", "RGB") and quant == QUANT[0])
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_preprocess_roi_and_letterbox(path):
     src = frame("NV12", 48, 64, seed=5)
     for options in ({"roi": (10, 6, 30, 20)}, {"letterbox": True, "pad_value": 114},

@@ -126,6 +126,8 @@ class Agent:
         from .supervisor import Supervisor
 
         self.supervisor = Supervisor()
+        self.systemd = ProgressWatchdog(self.progress, healthy=self.supervisor.healthy,
+                                        status=lambda: status_line(self.status(fast=True)))
         last_good = LastGood(self.config.data_path)
         layers = last_good.load() if self.config.broker else {}
         if layers:  # the desired config that was in force when the agent last ran
@@ -162,8 +164,7 @@ class Agent:
                 self.responder = mqtt_requests.open(broker, c.fleet, c.device, self._request_tasks())
         self.supervisor.start("status", self._status_loop)
         self._start_metrics()
-        self.systemd = ProgressWatchdog(self.progress, healthy=self.supervisor.healthy,
-                                        status=lambda: status_line(self.status(fast=True))).start(ready=False)
+        self.systemd.start(ready=self.first_result.is_set())
 
     @staticmethod
     def _link_tls(c: AgentConfig) -> dict[str, Any]:
@@ -235,7 +236,7 @@ class Agent:
     def _start_camera(self, part: CameraPart) -> None:
         self.camera = part
         self.camera_stage = CameraStage(part, lambda: self.config, self.answered)
-        self.supervisor.start("camera", self.camera_stage.run)
+        self.supervisor.start("camera", self.camera_stage.run, stuck_s=CameraStage.STUCK_S)
 
     def _close_camera(self) -> None:
         if self.camera is not None:

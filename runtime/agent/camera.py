@@ -77,9 +77,10 @@ class CameraPart:
 
     def _ladder(self, slot: str, cam: Any, engine: Any, on_event: Callable[[Record], None]) -> Ladder:
         model = self.models[slot] = engine.load(slot)
-        rungs = [ModelRung(rung_name(model), model, hang_s=HANG_S)]
+        # top_k 1: a frame's record and decisions take the best class only.
+        rungs = [ModelRung(rung_name(model), model, hang_s=HANG_S, top_k=1)]
         if cam.fallback:
-            rungs.append(ModelRung("small", engine.load(cam.fallback), hang_s=HANG_S, degraded=True))
+            rungs.append(ModelRung("small", engine.load(cam.fallback), hang_s=HANG_S, degraded=True, top_k=1))
         # A step down is an event for the outbox; it is queued, never written inside the request.
         return Ladder(slot, [*rungs, CacheRung(), DefaultRung(None)], LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
                       on_event=lambda event: on_event(Record("events", {"kind": "ladder", **event})))
@@ -88,23 +89,20 @@ class CameraPart:
     def ladder(self) -> Ladder:
         return self.ladders[self.task]
 
-    def serve(self, frame: Frame, source: str, n: int = 0, **extra: Any) -> Inference:
+    def serve(self, frame: Frame, source: str, n: int = 0, inline: bool = False, **extra: Any) -> Inference:
         """One frame through the router. The frame is converted once, here, into the primary
-        model's input tensor; the rungs, the cache key and the drift features reuse that work."""
+        model's input tensor; the rungs, the cache key and the drift features reuse that work.
+        ``inline``: the models run on this thread (the camera stage; see ``CameraStage``)."""
         prepared = PreparedFrame(frame.pixels, frame.fmt)
         prepared.tensor_for(self.primary)
         trace = os.urandom(8).hex()
         assert self.router is not None
-        slot, served = self.router.serve(Request(self.task, prepared, key=trace))
-        ladder = self.ladders[slot]
-        embedding = None
-        if served.rung == ladder.rungs[0].name:  # a fallback's embedding lives in another space
-            e = getattr(served.result, "embedding", None)
-            embedding = e.vector if e is not None else None
+        slot, served = self.router.serve(Request(self.task, prepared, key=trace, inline=inline))
+        primary = served.rung == self.ladders[slot].rungs[0].name
         top = getattr(served.result, "top", None) if served.result is not None else None
         features = {"brightness": prepared.brightness(), "confidence": float(top[0].score) if top else 0.0}
         model = self.models[slot]
-        return Inference(source, self.task, slot, served, trace, model.entry.version, prepared, frame, embedding,
+        return Inference(source, self.task, slot, served, trace, model.entry.version, prepared, frame, primary,
                          features, {"n": n, **extra})
 
     def close(self) -> None:
@@ -118,7 +116,14 @@ class CameraPart:
 
 
 class CameraStage:
-    """The camera stage's loop over the current part (``part`` is replaced by the agent)."""
+    """The camera stage's loop over the current part (``part`` is replaced by the agent).
+
+    The models run on this thread (``Request.inline``): no hand-off to a worker thread per
+    frame. A model call that hangs is reported by its rung (the ladder steps down) and leaves
+    this thread without heartbeats; the supervisor then starts the stage again on a new thread
+    (``STUCK_S``), which serves from the rung below. The frame in the hung call is lost."""
+
+    STUCK_S = 2 * HANG_S
 
     def __init__(self, part: CameraPart, config: Callable[[], AgentConfig], answered: Callable[[Inference], None]) -> None:
         self.part = part
@@ -126,10 +131,11 @@ class CameraStage:
         self.answered = answered
         self.frames = 0
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: Any) -> None:
         next_at = time.monotonic()
         part = self.part
         while not stop.is_set():
+            stop.beat()
             period = 1.0 / self.config().camera.fps  # read each time: the rate changes live
             assert part.source is not None
             frame = part.source.read()
@@ -138,10 +144,12 @@ class CameraStage:
                 next_at = time.monotonic()
                 continue
             self.frames += 1
-            self.answered(part.serve(frame, frame.name, self.frames))
+            self.answered(part.serve(frame, frame.name, self.frames, inline=True))
             next_at += period
             left = next_at - time.monotonic()
-            if left > 0:
-                stop.wait(left)
-            elif left < -1.0:  # far behind (a slow model, a pause): start the schedule again
+            while left > 0 and not stop.is_set():  # in slices: a slow camera still beats
+                stop.wait(min(left, 0.5))
+                stop.beat()
+                left = next_at - time.monotonic()
+            if left < -1.0:  # far behind (a slow model, a pause): start the schedule again
                 next_at = time.monotonic()

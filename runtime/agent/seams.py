@@ -61,9 +61,18 @@ class Inference:
     version: str = ""
     prepared: Any = None  # the PreparedFrame (camera and image requests)
     frame: Frame | None = None
-    embedding: np.ndarray | None = None  # the primary model's, from the same invoke
+    primary: bool = False  # the slot's first rung answered: its embedding is in the slot's space
     features: dict[str, float] = field(default_factory=dict)  # drift features, from the same work
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """The primary model's embedding from the same invoke (None from a fallback rung, whose
+        embedding lives in another space)."""
+        if not self.primary:
+            return None
+        e = getattr(self.served.result, "embedding", None)
+        return e.vector if e is not None else None
 
     @property
     def top(self) -> Any:

@@ -55,6 +55,9 @@ def _module(path: str) -> ModuleType | None:
         return _loaded[path]
 
 
+_chosen: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
 def _order() -> tuple[str, ...]:
     forced = os.environ.get(ENV, "auto").strip().lower()
     if forced in ("", "auto"):
@@ -94,6 +97,12 @@ def path_for(kernel: str) -> str:
 
 def implementation(kernel: str, path: str | None = None) -> Callable[..., Any]:
     """The function for ``kernel`` on ``path`` (default: the chosen path)."""
+    if path is None:  # the hot path: one lookup per kernel and setting of EDGELOOP_KERNELS
+        key = (kernel, os.environ.get(ENV, ""))
+        fn = _chosen.get(key)
+        if fn is None:
+            fn = _chosen[key] = implementation(kernel, path_for(kernel))
+        return fn
     module = _module(path or path_for(kernel))
     if module is None or not hasattr(module, kernel):
         raise ValueError(f"path: '{path}' does not provide '{kernel}' here ({_reasons.get(path or '', 'not implemented')})")
@@ -114,6 +123,31 @@ def preprocess(src: np.ndarray, fmt: str, out: np.ndarray, *, path: str | None =
     plan = make_plan(src, fmt, out, **options)
     implementation("preprocess", path)(src, plan, out)
     return plan
+
+
+def preprocessor(src: np.ndarray, fmt: str, out: np.ndarray, *, path: str | None = None,
+                 **options: Any) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``preprocess`` bound to one geometry: the arguments are validated and the plan made once;
+    the returned ``fn(src, out)`` takes frames of ``src``'s shape and format into arrays of
+    ``out``'s shape and dtype (a camera's frames into a model's input)."""
+    plan = make_plan(src, fmt, out, **options)
+    if _is_copy(plan):  # a camera already at the model's size and format: the kernel would copy
+        return lambda frame, into: np.copyto(into.reshape(frame.shape), frame)
+    module = _module(path or path_for("preprocess"))
+    bind = getattr(module, "bind_preprocess", None)
+    if bind is not None:
+        return bind(plan)
+    fn = implementation("preprocess", path)
+    return lambda frame, into: fn(frame, plan, into)
+
+
+def _is_copy(plan: Plan) -> bool:
+    """The plan maps each source byte to the same output byte (same size, no crop or letterbox,
+    the same channels and order, uint8 with no normalization): bilinear taps are (1, 0) then."""
+    return (plan.roi == (0, 0, plan.src_w, plan.src_h) and plan.inner == (0, 0, plan.out_w, plan.out_h)
+            and (plan.src_h, plan.src_w) == (plan.out_h, plan.out_w) and plan.out_dtype == np.uint8
+            and not plan.swap_rb and bool(np.all(plan.alpha == 1.0)) and bool(np.all(plan.beta == 0.0))
+            and ((plan.fmt == "GRAY" and plan.out_c == 1) or (plan.fmt == "RGB" and plan.out_c == 3)))
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int, *, path: str | None = None) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,6 +71,36 @@ def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
     del keep
     if status != 0:
         raise MemoryError("preprocess: out of memory for the column buffer")
+
+
+def bind_preprocess(plan: Plan) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``preprocess`` for one plan with its tables cast once: per call only the frame's and the
+    output's addresses change (about 4 µs less a call than ``preprocess``, which casts 13
+    pointers each time). The frame must have the plan's shape and format."""
+    y, x = plan.ytaps, plan.xtaps
+    x_lo, x_hi = int(x.index.min()), int(x.index.max()) + 1
+    tables = (plan.alpha, plan.beta, plan.pad, y.start, y.index, y.weight, x.start, x.index, x.weight)
+    fixed = (_ptr("int32_t *", y.start), _ptr("int32_t *", y.index), _ptr("float *", y.weight),
+             _ptr("int32_t *", x.start), _ptr("int32_t *", x.index), _ptr("float *", x.weight),
+             _ptr("float *", plan.alpha), _ptr("float *", plan.beta), _ptr("void *", plan.pad), int(plan.swap_rb),
+             x_lo, x_hi)
+    code, out_h, out_w, out_c = FORMAT_CODES[plan.fmt], plan.out_h, plan.out_w, plan.out_c
+    dtype, inner, nv12, src_h = DTYPE_CODES[plan.out_dtype], plan.inner, plan.fmt == "NV12", plan.src_h
+    call = lib.el_preprocess
+
+    def run(src: np.ndarray, out: np.ndarray) -> None:
+        src = standard_rows(src)
+        uv = src[src_h:] if nv12 else src
+        base = src.__array_interface__["data"][0]
+        status = call(ffi.cast("uint8_t *", base), src.strides[0], ffi.cast("uint8_t *", uv.__array_interface__["data"][0]),
+                      uv.strides[0], code, out_h, out_w, out_c, dtype,
+                      ffi.cast("void *", out.__array_interface__["data"][0]), *inner, *fixed,
+                      ffi.cast("uint8_t *", base + _end_offset(src)), THREADS)
+        if status != 0:
+            raise MemoryError("preprocess: out of memory for the column buffer")
+
+    run.tables = tables  # type: ignore[attr-defined]  # keeps the plan's arrays alive with the pointers
+    return run
 
 
 def topk(scores: np.ndarray, k: int) -> np.ndarray:

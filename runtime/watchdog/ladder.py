@@ -72,13 +72,18 @@ class Ladder:
         self._lock = threading.Lock()
         self._last_source: Any = None
         self._cache = next((r for r in rungs if isinstance(r, CacheRung)), None)
+        for i, rung in enumerate(rungs):
+            if hasattr(rung, "on_hang"):  # an inline call that hung: step down for the next requests
+                rung.on_hang = lambda reason, i=i: self._trouble(i, f"hang: {reason}")
         self._running = True
         self._prober = threading.Thread(target=self._probe_loop, name=f"{task}-prober", daemon=True)
         self._prober.start()
 
     # -- serving -----------------------------------------------------------------------
 
-    def serve(self, source: Any) -> Served:
+    def serve(self, source: Any, inline: bool = False) -> Served:
+        """Answer one request. ``inline``: model rungs run on the caller's thread (a supervised
+        caller that can be replaced when it hangs; see ``ModelRung.serve_inline``)."""
         start = time.monotonic()
         deadline = start + self.config.deadline_s
         with self._lock:
@@ -96,12 +101,12 @@ class Ladder:
             return self._spill(source, start, deadline)
         self._last_source = source
         try:
-            return self._serve(source, start, deadline, level)
+            return self._serve(source, start, deadline, level, inline)
         finally:
             with self._lock:
                 self._inflight -= 1
 
-    def _serve(self, source: Any, start: float, deadline: float, level: int) -> Served:
+    def _serve(self, source: Any, start: float, deadline: float, level: int, inline: bool = False) -> Served:
         for i in range(level, len(self.rungs)):
             rung = self.rungs[i]
             left = deadline - time.monotonic()
@@ -109,7 +114,10 @@ class Ladder:
             if rung.expected_s != 0.0 and budget < MIN_BUDGET_S:
                 continue  # no time left for a model: not its fault, and not a reason to step down
             try:
-                result = rung.serve(source, max(0.0, budget))
+                if inline and hasattr(rung, "serve_inline"):
+                    result = rung.serve_inline(source)
+                else:
+                    result = rung.serve(source, max(0.0, budget))
             except RungTimeout as exc:
                 self._trouble(i, f"hang or timeout: {exc}")
                 continue

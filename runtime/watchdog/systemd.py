@@ -75,7 +75,7 @@ class ProgressWatchdog:
                 log.warning("systemd watchdog: %s in %.1f s; not pinging",
                             "not healthy" if not healthy else "no progress" if self.is_ready else "not ready",
                             self.interval_s)
-            if self.status is not None:
+            if self.status is not None and self.is_ready:
                 notify("STATUS=" + self.status()[:200])
             last = now
 

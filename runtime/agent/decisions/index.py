@@ -15,10 +15,11 @@ APPLIES = "camera"
 
 def decide(inference: Inference, config: Any) -> list[Action]:
     every = config.camera.index_every
-    if not every or inference.embedding is None:
+    if not every or not (inference.extra.get("n", 1) % every == 0 or is_alert(inference, config)):
         return []
-    if not (is_alert(inference, config) or inference.extra.get("n", 1) % every == 0):
+    embedding = inference.embedding  # decoded here, for the frames that go in only
+    if embedding is None:
         return []
     top = inference.top
-    return [IndexVector(inference.slot, inference.slot, inference.version, inference.trace, inference.embedding,
+    return [IndexVector(inference.slot, inference.slot, inference.version, inference.trace, embedding,
                         top.label if top else None)]
