@@ -275,7 +275,9 @@ class _Call:
 class SyncWorker:
     """The outbox, link and index in a child process; see the module's docstring."""
 
-    def __init__(self, settings: SyncSettings, timeout_s: float = 60.0) -> None:
+    def __init__(self, settings: SyncSettings, timeout_s: float = 60.0, wait: bool = True) -> None:
+        """``wait=False``: return once the child is started; ``wait_ready()`` before its first call
+        (the agent starts its camera meanwhile)."""
         self.settings = settings
         self.timeout_s = timeout_s
         self.restarts = 0
@@ -285,7 +287,10 @@ class SyncWorker:
         self._calls: dict[int, _Call] = {}
         self._calls_lock = threading.Lock()
         self._closed = False
+        self._wait_at_start = wait
+        self._ready: _Call | None = None
         self._start()
+        self._wait_at_start = True  # a replacement worker is waited for
 
     def _start(self) -> None:
         # A fresh interpreter on this module (not fork: the agent has threads; not
@@ -296,10 +301,18 @@ class SyncWorker:
         child.close()
         self._conn = Connection(parent.detach())
         self._conn.send_bytes(json.dumps(asdict(self.settings)).encode())
-        ready = _Call()
-        self._calls[0] = ready
+        self._ready = _Call()
+        self._calls[0] = self._ready
         self._reader = threading.Thread(target=self._read_loop, args=(self._conn,), name="sync-reader", daemon=True)
         self._reader.start()
+        if self._wait_at_start:
+            self.wait_ready()
+
+    def wait_ready(self) -> "SyncWorker":
+        """Until the child has opened its files (raises its error if it could not)."""
+        ready = self._ready
+        if ready is None:
+            return self
         if not ready.event.wait(self.timeout_s) or not ready.ok:
             self._proc.kill()
             self._proc.wait()
@@ -308,6 +321,8 @@ class SyncWorker:
             raise EdgeloopError(f"the sync worker did not start (exit {self._proc.returncode})",
                                 "see the log above for its error")
         self.salvage = ready.value.get("salvage")
+        self._ready = None
+        return self
 
     def _read_loop(self, conn: Any) -> None:
         while True:

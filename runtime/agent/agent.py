@@ -29,15 +29,13 @@ import numpy as np
 
 from edgeloop.runtime.errors import ConfigError, EdgeloopError, InputError
 from edgeloop.runtime.watchdog.systemd import ProgressWatchdog
-from edgeloop.sync.mqtt_client import BrokerConfig, parse_broker
 from edgeloop.sync.worker import SyncSettings, SyncWorker
 
 from .camera import CameraPart, CameraStage, bundled_samples
 from .config import AgentConfig, check_resources, merge, with_overrides
 from .decisions import decisions_for
-from .desired import DesiredConfig, LastGood
+from .last_good import LastGood
 from .lock import DataDirLock
-from .mcu import McuPart, McuStage
 from .seams import Command, Frame, IndexVector, Inference, Record
 from .sinks.index import IndexSink
 from .sinks.outbox import OutboxSink
@@ -52,14 +50,23 @@ def inference_threads() -> int:
     """Interpreter threads for the agent: every core but one (at most 4), which is left to the
     sync worker, the MCU loop and the broker link. Measured here (2 cores, a 0.6 ms model): on
     both cores its p99 was tripled by a drain on the second; on one, about 1.0x."""
+    from edgeloop.runtime import kernels
     from edgeloop.runtime.engine import default_threads
 
-    return max(1, default_threads() - 1)
+    threads = max(1, default_threads() - 1)
+    # A large frame's preprocess splits over threads too; on the core left to the sync worker
+    # it waited for that core (47% of the camera thread's time, against 34% in invoke, measured
+    # on MobileNet at 1,300 frames/s): it keeps to the inference threads' count.
+    kernels.set_threads(threads)
+    return threads
 
 
-def broker_of(config: AgentConfig) -> BrokerConfig | None:
+def broker_of(config: AgentConfig) -> Any:
+    """The BrokerConfig every MQTT part of the agent uses (None without a broker)."""
     if not config.broker:
         return None
+    from edgeloop.sync.mqtt_client import BrokerConfig, parse_broker
+
     host, port = parse_broker(config.broker, "broker")
     m = config.mqtt
     password = None
@@ -95,9 +102,9 @@ class Agent:
         self.vectors: IndexSink | None = None
         self.camera: CameraPart | None = None
         self.camera_stage: CameraStage | None = None
-        self.mcu_part: McuPart | None = None
-        self.mcu_stage: McuStage | None = None
-        self.desired: DesiredConfig | None = None
+        self.mcu_part: Any = None  # mcu.McuPart
+        self.mcu_stage: Any = None  # mcu.McuStage
+        self.desired: Any = None  # desired.DesiredConfig
         self.responder: Any = None
         self.metrics: Any = None
         self.metrics_server: Any = None
@@ -138,23 +145,31 @@ class Agent:
                 log.error("desired config: the last applied layers no longer apply (%s); using the file's", exc)
                 layers = {}
         c = self.config
+        # The camera comes first (the first result is what systemd and a user wait for); the sync
+        # worker's interpreter starts meanwhile on the other core, and records queue in memory
+        # until it is ready.
         self.worker = SyncWorker(SyncSettings(str(c.data_path), c.device, c.fleet, c.broker, nice=c.sync_nice,
-                                              drain_per_s=c.drain_per_s, **self._link_tls(c)))
-        if self.worker.salvage:
-            log.error("outbox: the file was damaged and salvaged: %s", self.worker.salvage)
+                                              drain_per_s=c.drain_per_s, **self._link_tls(c)), wait=False)
         if c.metrics_port >= 0:  # before the first answer, so that every answer is counted
             from .metrics import AgentMetrics
 
             self.metrics = AgentMetrics(self)
         self.records = OutboxSink(self.worker)
         self.vectors = IndexSink(self.worker)
+        self._start_camera(CameraPart(c, self.engine, self.records.put))
+        self.worker.wait_ready()
+        if self.worker.salvage:
+            log.error("outbox: the file was damaged and salvaged: %s", self.worker.salvage)
         self.supervisor.start("sink-outbox", self.records.run)
         self.supervisor.start("sink-index", self.vectors.run)
-        self._start_camera(CameraPart(c, self.engine, self.records.put))
         if c.mcu.enabled:
+            from .mcu import McuPart
+
             self._start_mcu(McuPart(c, self.engine, self.records))
         broker = broker_of(c)
         if broker is not None:
+            from .desired import DesiredConfig
+
             self.desired = DesiredConfig(broker, c.fleet, c.device, c.group or None, self.apply, last_good, layers)
             if layers:
                 self.desired.in_force = {"layers": layers, "config": c.table(), "since": time.time()}
@@ -243,7 +258,9 @@ class Agent:
             self.camera.close()
             self.camera = None
 
-    def _start_mcu(self, part: McuPart) -> None:
+    def _start_mcu(self, part: Any) -> None:
+        from .mcu import McuStage
+
         self.mcu_part = part
         self.mcu_stage = McuStage(part, lambda: self.config, self.records)
         self.supervisor.start("mcu", self.mcu_stage.run)
@@ -299,7 +316,7 @@ class Agent:
         for decide in self._camera_decisions:
             for action in decide(inference, config):
                 if isinstance(action, Record):
-                    if action.body.get("kind") == "alert":
+                    if isinstance(action.body, dict) and action.body.get("kind") == "alert":
                         self.alerts += 1
                     self.records.put(action)
                 elif isinstance(action, IndexVector):
@@ -387,6 +404,8 @@ class Agent:
                 self.supervisor.stop("mcu")
                 self._close_mcu()
                 if new.mcu.enabled:
+                    from .mcu import McuPart
+
                     try:
                         self._start_mcu(McuPart(new, self.engine, self.records))
                     except Exception as exc:

@@ -99,11 +99,8 @@ class CameraPart:
         assert self.router is not None
         slot, served = self.router.serve(Request(self.task, prepared, key=trace, inline=inline))
         primary = served.rung == self.ladders[slot].rungs[0].name
-        top = getattr(served.result, "top", None) if served.result is not None else None
-        features = {"brightness": prepared.brightness(), "confidence": float(top[0].score) if top else 0.0}
-        model = self.models[slot]
-        return Inference(source, self.task, slot, served, trace, model.entry.version, prepared, frame, primary,
-                         features, {"n": n, **extra})
+        return Inference(source, self.task, slot, served, trace, self.models[slot].entry.version, prepared, frame,
+                         primary, {"n": n, **extra})
 
     def close(self) -> None:
         if self.router is not None:
@@ -136,20 +133,22 @@ class CameraStage:
         part = self.part
         while not stop.is_set():
             stop.beat()
-            period = 1.0 / self.config().camera.fps  # read each time: the rate changes live
             assert part.source is not None
             frame = part.source.read()
             if frame is None:  # nothing now (a camera being opened again, a folder of bad files)
-                stop.wait(min(period, 0.1))
+                stop.wait(min(self._period(), 0.1))
                 next_at = time.monotonic()
                 continue
             self.frames += 1
+            started = next_at
             self.answered(part.serve(frame, frame.name, self.frames, inline=True))
-            next_at += period
-            left = next_at - time.monotonic()
-            while left > 0 and not stop.is_set():  # in slices: a slow camera still beats
+            # The rate is read again while waiting (it changes live): in slices, beating.
+            while not stop.is_set() and (left := started + self._period() - time.monotonic()) > 0:
                 stop.wait(min(left, 0.5))
                 stop.beat()
-                left = next_at - time.monotonic()
-            if left < -1.0:  # far behind (a slow model, a pause): start the schedule again
+            next_at = started + self._period()
+            if next_at < time.monotonic() - 1.0:  # far behind (a slow model, a pause): start again
                 next_at = time.monotonic()
+
+    def _period(self) -> float:
+        return 1.0 / self.config().camera.fps

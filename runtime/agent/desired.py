@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
@@ -28,6 +26,7 @@ from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
 from edgeloop.sync.topics import topic
 
 from .config import merge
+from .last_good import LastGood
 
 log = logging.getLogger("edgeloop.config")
 
@@ -64,32 +63,6 @@ def parse_document(payload: bytes) -> dict[str, Any]:
     if _depth(document) > MAX_DEPTH:
         raise ConfigError(f"the document is nested more than {MAX_DEPTH} deep", "send a flat JSON object")
     return document
-
-
-class LastGood:
-    """The applied layers on disk (written atomically), for the next start."""
-
-    def __init__(self, data_path: Path) -> None:
-        self.path = data_path / "desired.json"
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        try:
-            layers = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.error("desired config: %s is unreadable (%s); starting from the file's config", self.path, exc)
-            return {}
-        return {k: v for k, v in layers.items() if k in ("group", "device") and isinstance(v, dict)} \
-            if isinstance(layers, dict) else {}
-
-    def save(self, layers: dict[str, dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(layers, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
 
 class DesiredConfig:

@@ -1,6 +1,8 @@
 """A small registry: the modules of a package that declare a ``KEY``, found by listing the
-package. Adding a source, decision or sink is adding a file; one that fails to import disables
-only itself, said in the log (``failed`` keeps why)."""
+package (``discover``), or one of them by its key, which is its file's name (``load``: only that
+module is imported; a camera's start does not pay for the MCU's serial library). Adding a
+source, decision or sink is adding a file; one that fails to import disables only itself, said
+in the log (``failed`` keeps why)."""
 
 from __future__ import annotations
 
@@ -31,3 +33,20 @@ def discover(package: str) -> dict[str, ModuleType]:
         if key:
             found[key] = module
     return found
+
+
+def load(package: str, key: str) -> ModuleType | None:
+    """The module of ``package`` whose ``KEY`` is ``key`` (its file is ``key``, '-' as '_')."""
+    name = f"{package}.{key.replace('-', '_')}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # the module exists; something it needs does not
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            log.warning("%s is disabled: it cannot be imported (%s)", name, failed[name])
+        return None
+    except Exception as exc:
+        failed[name] = f"{type(exc).__name__}: {exc}"
+        log.warning("%s is disabled: it cannot be imported (%s)", name, failed[name])
+        return None
+    return module if getattr(module, "KEY", None) == key else None

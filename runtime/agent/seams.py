@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Union
+from typing import Any, Callable, Iterable, Protocol, Union
 
 import numpy as np
 
@@ -62,8 +62,20 @@ class Inference:
     prepared: Any = None  # the PreparedFrame (camera and image requests)
     frame: Frame | None = None
     primary: bool = False  # the slot's first rung answered: its embedding is in the slot's space
-    features: dict[str, float] = field(default_factory=dict)  # drift features, from the same work
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> dict[str, float]:
+        """The drift features (brightness from the frame already decoded, the top score), made
+        when a decision or the drift monitor asks: most frames of a model without a baseline
+        never need them."""
+        cached = self.__dict__.get("_features")
+        if cached is None:
+            top = self.top
+            brightness = self.prepared.brightness() if self.prepared is not None else 0.0
+            cached = {"brightness": brightness, "confidence": float(top.score) if top else 0.0}
+            object.__setattr__(self, "_features", cached)
+        return cached
 
     @property
     def embedding(self) -> np.ndarray | None:
@@ -90,8 +102,12 @@ class Inference:
 
 @dataclass(frozen=True)
 class Record:
+    """A record for an outbox stream. ``body`` may be a function that makes it: called only if
+    the stream's queue rules take the record (a hard example past the stream's rate is never
+    built)."""
+
     stream: str
-    body: dict[str, Any]
+    body: dict[str, Any] | Callable[[], dict[str, Any]]
     trace: str | None = None
 
 

@@ -141,6 +141,15 @@ def preprocessor(src: np.ndarray, fmt: str, out: np.ndarray, *, path: str | None
     return lambda frame, into: fn(frame, plan, into)
 
 
+def set_threads(n: int) -> None:
+    """How many threads the C path splits a large frame's preprocess over (unless
+    ``EDGELOOP_KERNEL_THREADS`` says): the agent gives it its inference threads, leaving a core
+    to the sync worker, as the model does."""
+    module = _module("c")
+    if module is not None:
+        module.set_threads(n)
+
+
 def _is_copy(plan: Plan) -> bool:
     """The plan maps each source byte to the same output byte (same size, no crop or letterbox,
     the same channels and order, uint8 with no normalization): bilinear taps are (1, 0) then."""

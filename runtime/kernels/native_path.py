@@ -19,6 +19,13 @@ MODULE_ENV = "EDGELOOP_KERNELS_NATIVE"
 # Threads for preprocessing one frame (rows split between them; outputs under 64 rows stay
 # on one). Default: the cores, at most 4.
 THREADS = int(os.environ.get("EDGELOOP_KERNEL_THREADS", min(4, os.cpu_count() or 1)))
+
+
+def set_threads(n: int) -> None:
+    """Threads a large frame's preprocess is split over (``EDGELOOP_KERNEL_THREADS`` wins)."""
+    global THREADS
+    if "EDGELOOP_KERNEL_THREADS" not in os.environ:
+        THREADS = max(1, int(n))
 TOPK_INSERTION_MAX = 64
 
 

@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 from edgeloop.runtime.errors import ConfigError
@@ -51,6 +49,9 @@ def status_url(url: str | None) -> str:
 def read_status(url: str | None) -> dict[str, Any]:
     """The agent's status dict; NotRunning when nothing answers, ConfigError when what answers
     is not an edgeloop agent."""
+    import urllib.error
+    import urllib.request
+
     target = status_url(url)
     try:
         with urllib.request.urlopen(target, timeout=5) as response:

@@ -16,9 +16,15 @@ def decide(inference: Inference, config: Any) -> list[Action]:
     top = inference.top
     if top is None or top.score >= config.camera.hard_below:
         return []
-    example: dict[str, Any] = {**inference.record(), "features": dict(inference.features)}
-    if inference.embedding is not None:
-        example["embedding"] = inference.embedding.astype("float16").tobytes()
-    if config.camera.upload_raw and inference.frame is not None:
-        example["image"] = inference.frame.raw()
+    upload_raw = config.camera.upload_raw
+
+    def example() -> dict[str, Any]:  # made only if the stream takes it (it is rate-limited)
+        body: dict[str, Any] = {**inference.record(), "features": dict(inference.features)}
+        embedding = inference.embedding
+        if embedding is not None:
+            body["embedding"] = embedding.astype("float16").tobytes()
+        if upload_raw and inference.frame is not None:
+            body["image"] = inference.frame.raw()
+        return body
+
     return [Record("hard-examples", example, inference.trace)]

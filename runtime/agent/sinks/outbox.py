@@ -33,13 +33,14 @@ MAX_BATCH = 4096
 MAX_IN_FLIGHT = 2
 RETRY_S = 0.5
 
-# What a full queue does, per stream: the bulk keeps its newest; hard examples keep what waits.
+# What a full queue does, per stream: the bulk keeps its newest; hard examples keep what waits,
+# at most 2 a second (a model that fits the scene badly would make every frame one).
 RULES = {
     "inferences": QueueRule(50_000, "drop_oldest"),
     "events": QueueRule(20_000, "drop_oldest"),
     "telemetry": QueueRule(2_000, "drop_oldest"),
     "mcu-events": QueueRule(5_000, "drop_oldest"),
-    "hard-examples": QueueRule(256, "drop_newest"),
+    "hard-examples": QueueRule(256, "drop_newest", max_per_s=2.0),
 }
 
 
@@ -59,7 +60,11 @@ class OutboxSink:
     # -- the hot path --------------------------------------------------------------------
 
     def put(self, record: Record) -> None:
-        self.queue.put(record.stream, (record.body, record.trace))
+        body = record.body
+        if callable(body):  # made only if the stream's rules take it (a rate-limited hard example)
+            self.queue.put(record.stream, None, lambda: (body(), record.trace))  # type: ignore[arg-type]
+        else:
+            self.queue.put(record.stream, (body, record.trace))
 
     def enqueue(self, stream: str, body: Any, *, trace: str | None = None, **_: Any) -> None:
         self.queue.put(stream, (body, trace))

@@ -2,7 +2,8 @@
 
 ``put`` appends under a lock and returns (about a microsecond); a full stream follows its
 rule: ``drop_oldest`` (keep the newest: inferences, telemetry) or ``drop_newest`` (keep what is
-queued: hard examples). Drops are counted per stream. ``take`` hands everything queued, in
+queued: hard examples); a stream may also be held to ``max_per_s`` (a token bucket: hard
+examples are for curation, not one per frame). Drops are counted per stream, by reason. ``take`` hands everything queued, in
 arrival order per stream, to the sink's stage; ``give_back`` returns a batch that could not be
 stored to the front, within the same bounds."""
 
@@ -12,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -21,6 +22,7 @@ T = TypeVar("T")
 class QueueRule:
     max_items: int = 10_000
     on_full: str = "drop_oldest"  # or "drop_newest"
+    max_per_s: float | None = None  # a rate past which new items are dropped (a burst of one second)
 
 
 class BoundedQueues(Generic[T]):
@@ -31,11 +33,14 @@ class BoundedQueues(Generic[T]):
         self._queues: dict[str, deque[tuple[float, T]]] = {}
         self.dropped: dict[str, int] = {}
         self.accepted: dict[str, int] = {}
+        self.over_rate: dict[str, int] = {}
+        self._tokens: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
         self._size = 0
         self._cond = threading.Condition(threading.Lock())
 
-    def put(self, key: str, item: T) -> bool:
-        """Queue ``item``; False when the rule dropped it (the newest) instead."""
+    def put(self, key: str, item: T, build: Callable[[], T] | None = None) -> bool:
+        """Queue ``item`` (or what ``build()`` makes, called only once the rules admit it); False
+        when the rule dropped it (the newest) instead."""
         with self._cond:
             q = self._queues.get(key)
             if q is None:
@@ -43,17 +48,30 @@ class BoundedQueues(Generic[T]):
                 self.dropped.setdefault(key, 0)
                 self.accepted.setdefault(key, 0)
             rule = self.rules.get(key, self.default)
+            if rule.max_per_s is not None and not self._take_token(key, rule.max_per_s):
+                self.over_rate[key] = self.over_rate.get(key, 0) + 1
+                return False
             if len(q) >= rule.max_items:
                 self.dropped[key] += 1
                 if rule.on_full == "drop_newest":
                     return False
                 q.popleft()
                 self._size -= 1
-            q.append((time.monotonic(), item))
+            q.append((time.monotonic(), build() if build is not None else item))
             self.accepted[key] += 1
             self._size += 1
             if self._size >= self.wake_at:
                 self._cond.notify()
+        return True
+
+    def _take_token(self, key: str, rate: float) -> bool:
+        now = time.monotonic()
+        tokens, when = self._tokens.get(key, (rate, now))
+        tokens = min(rate, tokens + (now - when) * rate)  # a burst of up to one second's worth
+        if tokens < 1.0:
+            self._tokens[key] = (tokens, now)
+            return False
+        self._tokens[key] = (tokens - 1.0, now)
         return True
 
     def wait(self, timeout_s: float) -> None:
@@ -98,5 +116,5 @@ class BoundedQueues(Generic[T]):
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            return {key: {"queued": len(q), "accepted": self.accepted.get(key, 0), "dropped": self.dropped.get(key, 0)}
-                    for key, q in self._queues.items()}
+            return {key: {"queued": len(q), "accepted": self.accepted.get(key, 0), "dropped": self.dropped.get(key, 0),
+                          "over_rate": self.over_rate.get(key, 0)} for key, q in self._queues.items()}
