@@ -76,3 +76,14 @@ def configure(json: bool | None = None, verbose: bool = False, prefix: str = "ed
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def say(message: str, logger: str = "edgeloop", **fields: Any) -> None:
+    """A line for the user on stdout (the agent's status lines, its start and stop): as it is,
+    or under ``--log-json`` one JSON object like the log's, with ``fields`` beside ``msg``."""
+    if json_wanted():
+        entry = {"ts": round(time.time(), 6), "level": "info", "logger": logger, "msg": message, **fields}
+        sys.stdout.write(_json.dumps(entry, default=str) + "\n")
+    else:
+        sys.stdout.write(message + "\n")
+    sys.stdout.flush()

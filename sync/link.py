@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .codec import encode_batch
-from .mqtt_client import BrokerConfig, Guard, make_client, parse_broker  # noqa: F401 (parse_broker: re-exported)
+from .mqtt_client import BrokerConfig, Guard, make_client
 from .outbox import Outbox
 from .topics import DEFAULT_FLEET, topic
 

@@ -130,7 +130,8 @@ class _Server:
                              streams={k: StreamPolicy(**v) for k, v in STREAM_POLICIES.items()})
         self.link: Any = None
         if settings.broker:
-            from edgeloop.sync.link import LinkConfig, MqttLink, parse_broker
+            from edgeloop.sync.link import LinkConfig, MqttLink
+            from edgeloop.sync.mqtt_client import parse_broker
 
             host, port = parse_broker(settings.broker)
             self.link = MqttLink(self.outbox, LinkConfig(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -186,3 +187,46 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 def small_disk(tmp_path):
     with tmpfs(tmp_path / "disk", "4m") as mount:
         yield mount
+
+
+# -- a broker with TLS, and the PKI the tests make for it ----------------------------------
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(d: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=d)
+
+
+def make_cert(d: Path, name: str, ca: str, san: str) -> None:
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr", cwd=d)
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """A Mosquitto with a plain listener (for the regional receiver) and a TLS listener that
+    requires a client certificate from our CA and a password."""
+    from edgeloop.tools.testing.mosquitto import Mosquitto, free_port
+
+    d = tmp_path / "pki"
+    d.mkdir()
+    make_ca(d, "ca")
+    make_ca(d, "rogue-ca")
+    make_cert(d, "server", "ca", "IP:127.0.0.1,DNS:localhost")
+    make_cert(d, "device", "ca", "DNS:device-1")
+    make_cert(d, "rogue", "rogue-ca", "DNS:device-1")
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "device-1", "s3cret"], check=True,
+                   capture_output=True)
+    tls_port = free_port()
+    b = Mosquitto(tmp_path, extra=(
+        f"listener {tls_port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\n"
+        f"require_certificate true\nallow_anonymous false\npassword_file {d}/passwd\n")).start()
+    b.tls_port, b.pki = tls_port, d
+    yield b
+    b.stop(kill=True)

@@ -300,12 +300,18 @@ def test_structured_logs_are_one_json_object_a_line(tmp_path):
     import json
     import os
 
-    out = subprocess.run([EDGELOOP, "--log-json", "run", "--duration", "1.5", "--data-dir", str(tmp_path / "d")],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "EDGELOOP_METRICS_PORT": "0"})
+    out = subprocess.run([EDGELOOP, "--log-json", "run", "--duration", "2.5", "--status-every", "1", "--data-dir",
+                          str(tmp_path / "d")], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "EDGELOOP_METRICS_PORT": "0"})
     assert out.returncode == 0, out.stderr
-    entries = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    # Every line, stdout and stderr: ours, the sync worker's, the simulator's, the native libraries'.
+    entries = [json.loads(line) for line in (out.stderr + out.stdout).splitlines()]
     assert entries and all({"ts", "level", "logger", "msg"} <= set(e) for e in entries)
-    assert any(e["logger"] == "edgeloop.serial" for e in entries)
+    loggers = {e["logger"] for e in entries}
+    assert {"edgeloop.serial", "edgeloop.status", "native"} <= loggers, loggers
+    assert any(e["logger"] == "native" and "XNNPACK" in e["msg"] for e in entries)  # LiteRT's own line
+    status = next(e for e in entries if e["logger"] == "edgeloop.status")["status"]
+    assert status["device"] == "gw-1" and status["inferences"] > 0
 
 
 def test_the_agent_rides_out_a_link_cut_and_delivers_the_backlog_after_healing(tmp_path, broker, regional):
@@ -341,11 +347,18 @@ def test_bench_agent_reports_its_keys():
 
     with Engine(EngineConfig(num_threads=1), ModelStore()) as engine:
         r = bench_agent(engine, seconds=1.0, shared=SHARED, rounds=2)
-    for key in ("startup_to_first_result_s", "max_rss_mb", "rss_with_children_mb", "inferences_per_s",
-                "loop_p99_ms", "invoke_p99_alone_ms", "invoke_p99_busy_ms", "p99_ratio_busy",
-                "p99_ratio_busy_mobilenet"):
+    for key in ("startup_to_first_result_s", "agent_rss_mb", "max_rss_mb", "rss_with_children_mb", "inferences_per_s",
+                "confirmed_per_s", "unconfirmed_max_ms", "per_frame_cost_us", "frame_p50_us", "invoke_p50_us",
+                "loop_p99_ms", "slow_fsync_normal_p99_ms", "slow_fsync_slow_p99_ms", "slow_fsync_p99_ratio",
+                "mobilenet_engine_per_s", "mobilenet_agent_per_s", "mobilenet_ratio", "invoke_p99_alone_ms",
+                "invoke_p99_busy_ms", "p99_ratio_busy", "p99_ratio_busy_mobilenet"):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert r["startup_to_first_result_s"] < 30 and r["loop_commands"] >= 1
+    assert r["unconfirmed_max_records"] >= 1 and r["frame_p50_us"] > r["invoke_p50_us"]
+    # the fault really ran: a 50 ms fsync holds records unconfirmed longer; nothing confirmed was lost
+    assert r["slow_fsync_slow_unconfirmed_max_ms"] > 50 > r["slow_fsync_normal_unconfirmed_max_ms"] / 2
+    assert r["slow_fsync_normal_confirmed_lost"] == 0 and r["slow_fsync_slow_confirmed_lost"] == 0
+    assert r["mobilenet_all_confirmed"] and len(r["mobilenet_ratio_rounds"]) == 5
     # the load really ran while the busy p99 was taken: a drain near the agent's cap, index writes
     assert r["busy_drained_per_s"] > 1000 and r["busy_indexed_per_s"] > 10
     assert len(r["p99_ratio_busy_rounds_mobilenet"]) == 2

@@ -421,8 +421,6 @@ class Agent:
         return agent_status(self, fast)
 
     def _status_loop(self, stop: threading.Event) -> None:
-        import json
-
         from edgeloop.runtime import logs
 
         last_n, last_t = self.inferences, time.monotonic()
@@ -431,8 +429,4 @@ class Agent:
             now = time.monotonic()
             s["rate"] = (s["inferences"] - last_n) / max(now - last_t, 1e-9)
             last_n, last_t = s["inferences"], now
-            if logs.json_wanted():
-                print(json.dumps({"ts": round(time.time(), 6), "level": "info", "logger": "edgeloop.status",
-                                  "msg": status_line(s), "status": s}, default=str), flush=True)
-            else:
-                print(status_line(s), flush=True)
+            logs.say(status_line(s), "edgeloop.status", status=s)

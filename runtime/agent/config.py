@@ -252,7 +252,7 @@ def validate(table: Mapping[str, Any], origins: Mapping[str, str] | None = None)
     cam = config.camera
     for key, model in (("canary", cam.canary), ("shadow", cam.shadow)):
         if model and model == cam.model:
-            raise ConfigError(f"camera.{key}: '{model}' is the camera's model already", f"name another model or \"\"")
+            raise ConfigError(f"camera.{key}: '{model}' is the camera's model already", 'name another model or ""')
     return config
 
 

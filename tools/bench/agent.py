@@ -215,9 +215,6 @@ def _mobilenet(workdir: Path, engine: Any, shared: Path, seconds: float, rounds:
             "mobilenet_ratio": round(float(np.median(ratios)), 3),
             "mobilenet_ratio_rounds": [round(r, 3) for r in ratios],
             "mobilenet_all_confirmed": agent.records.confirmed.get("inferences", 0) == agent.inferences}
-    return {"mobilenet_engine_per_s": round(engine_rate, 1), "mobilenet_agent_per_s": r["inferences_per_s"],
-            "mobilenet_ratio": round(r["inferences_per_s"] / engine_rate, 3),
-            "mobilenet_confirmed_per_s": r["confirmed_per_s"]}
 
 
 def _served_p99(agent: Any, seconds: float) -> float:

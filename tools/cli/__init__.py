@@ -17,14 +17,17 @@ from .common import EXIT_ERROR, engine_flags
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, doctor, index, infer, models, outbox, regional, run, status
+    from . import bench, deploy, doctor, index, infer, models, outbox, regional, run, status
 
     parser = argparse.ArgumentParser(prog="edgeloop", description="On-device inference runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from .status import package_version
+
+    parser.add_argument("--version", action="version", version=f"edgeloop {package_version()}")
     parser.add_argument("--log-json", action="store_true",
                         help="structured logs: one JSON object a line on stderr [EDGELOOP_LOG_FORMAT=json]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, status, doctor, infer, bench, models, outbox, regional, index):
+    for module in (run, status, doctor, infer, bench, models, outbox, regional, index, deploy):
         module.register(sub, engine_flags)
     return parser
 

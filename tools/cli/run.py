@@ -29,6 +29,7 @@ def register(sub: Any, common: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edgeloop.runtime import logs
     from edgeloop.runtime.agent import Agent, load_config
     from edgeloop.runtime.agent.agent import inference_threads
     from edgeloop.runtime.errors import ConfigError
@@ -54,14 +55,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    print(f"edgeloop: agent '{config.device}' (fleet {config.fleet}) starting; data in {config.data_path}"
-          + (f", draining to {config.broker}" if config.broker else ", no broker: records wait in the outbox"),
-          flush=True)
+    logs.say(f"edgeloop: agent '{config.device}' (fleet {config.fleet}) starting; data in {config.data_path}"
+             + (f", draining to {config.broker}" if config.broker else ", no broker: records wait in the outbox"))
     try:
         agent.run(args.duration)
     finally:
         engine.close()
     s = agent.final
-    print(f"edgeloop: stopped after {s.get('inferences', 0)} inferences; outbox holds {s.get('outbox_rows', '?')} "
-          "records", flush=True)
+    logs.say(f"edgeloop: stopped after {s.get('inferences', 0)} inferences; outbox holds {s.get('outbox_rows', '?')} "
+             "records", inferences=s.get("inferences", 0), outbox_rows=s.get("outbox_rows"))
     return 0

@@ -19,6 +19,12 @@ from edgeloop.runtime.errors import ConfigError
 EXIT_NOT_RUNNING = 3
 
 
+def package_version() -> str:
+    from edgeloop.runtime.agent.status import package_version as version
+
+    return version()
+
+
 class NotRunning(ConfigError):
     """Nothing answers at the address: the agent is not running (or listens elsewhere)."""
 
