@@ -230,3 +230,16 @@ def tls_broker(tmp_path):
     b.tls_port, b.pki = tls_port, d
     yield b
     b.stop(kill=True)
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """systemd's side of sd_notify: a datagram socket; (its path, the socket)."""
+    import socket
+
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.05)
+    yield path, sock
+    sock.close()

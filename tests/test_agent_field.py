@@ -61,10 +61,8 @@ class Ops:
 
 # 1 -------------------------------------------------------------------------------------------
 
-def test_1_systemd_gets_ready_watchdog_status_and_stopping_from_edgeloop_run(tmp_path):
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
+def test_1_systemd_gets_ready_watchdog_status_and_stopping_from_edgeloop_run(tmp_path, notify_socket):
+    path, sock = notify_socket
     sock.settimeout(0.5)
     env = {**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000", "EDGELOOP_METRICS_PORT": "-1"}
     proc = subprocess.Popen([EDGELOOP, "run", "--data-dir", str(tmp_path / "d"), "--status-every", "60"],
@@ -87,17 +85,13 @@ def test_1_systemd_gets_ready_watchdog_status_and_stopping_from_edgeloop_run(tmp
         assert proc.wait(30) == 0
     finally:
         proc.kill()
-        sock.close()
     assert got and got[0] == "READY=1", got  # after the first result, before any ping
     assert got.count("WATCHDOG=1") >= 3 and any(m.startswith("STATUS=edgeloop:") for m in got), got
     assert "STOPPING=1" in got
 
 
-def test_1_the_watchdog_is_not_fed_while_a_stage_stays_down(tmp_path, monkeypatch):
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(0.05)
+def test_1_the_watchdog_is_not_fed_while_a_stage_stays_down(tmp_path, notify_socket, monkeypatch):
+    path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setenv("WATCHDOG_USEC", "200000")
 
@@ -127,7 +121,6 @@ def test_1_the_watchdog_is_not_fed_while_a_stage_stays_down(tmp_path, monkeypatc
         del part.serve  # healed: the supervisor's next restart serves again
         wait_for(lambda: agent.status(fast=True)["state"] == "running", 15, "the camera stage back")
         assert pings(1.0) >= 2
-    sock.close()
 
 
 # 2 -------------------------------------------------------------------------------------------

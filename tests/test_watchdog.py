@@ -190,15 +190,12 @@ def test_bench_watchdog_reports_availability_per_fault_and_the_overheads(engine)
     assert r["burst"]["shed"] > 0 and r["burst"]["requests"] == 100
 
 
-def test_systemd_pings_only_while_the_pipeline_makes_progress(tmp_path, monkeypatch):
+def test_systemd_pings_only_while_the_pipeline_makes_progress(notify_socket, monkeypatch):
     import socket
 
     from edgeloop.runtime.watchdog.systemd import ProgressWatchdog
 
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(0.05)
+    path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     progress = [0]
     dog = ProgressWatchdog(lambda: progress[0], interval_s=0.05).start()
@@ -224,7 +221,6 @@ def test_systemd_pings_only_while_the_pipeline_makes_progress(tmp_path, monkeypa
         assert moving >= 5
     finally:
         dog.stop()
-        sock.close()
     assert (REPO_ROOT / "tools" / "deploy" / "edgeloop.service").read_text().count("WatchdogSec=") == 1
 
 

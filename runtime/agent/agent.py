@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,12 +34,26 @@ from edgeloop.sync.worker import SyncSettings, SyncWorker
 from .camera import CameraPart, CameraStage, bundled_samples
 from .config import AgentConfig, check_resources, merge, with_overrides
 from .decisions import decisions_for
+from .histogram import LatencyHistogram
 from .last_good import LastGood
 from .lock import DataDirLock
 from .seams import Command, Frame, IndexVector, Inference, Record
 from .sinks.index import IndexSink
 from .sinks.outbox import OutboxSink
 from .status import agent_status, status_line
+
+if TYPE_CHECKING:  # imported where they start: the first result does not wait for them
+    from edgeloop.firmware_bridge.closed_loop import ClosedLoop
+    from edgeloop.firmware_bridge.link import McuLink
+    from edgeloop.runtime.drift import DriftMonitor
+    from edgeloop.runtime.engine import Engine
+    from edgeloop.runtime.watchdog import Ladder
+    from edgeloop.sync.mqtt_client import BrokerConfig
+    from edgeloop.sync.offload import Responder
+
+    from .desired import DesiredConfig
+    from .mcu import McuPart, McuStage
+    from .supervisor import Supervisor
 
 log = logging.getLogger("edgeloop.agent")
 
@@ -61,7 +75,7 @@ def inference_threads() -> int:
     return threads
 
 
-def broker_of(config: AgentConfig) -> Any:
+def broker_of(config: AgentConfig) -> BrokerConfig | None:
     """The BrokerConfig every MQTT part of the agent uses (None without a broker)."""
     if not config.broker:
         return None
@@ -84,12 +98,12 @@ class Agent:
                           "shadow", "shadow_share"),
                "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
 
-    def __init__(self, config: AgentConfig, engine: Any) -> None:
+    def __init__(self, config: AgentConfig, engine: Engine) -> None:
         self.config = config
         self.base_config = config  # the file, environment and flags: desired documents go over this
         self.engine = engine
         self.stopping = threading.Event()
-        self.supervisor: Any = None
+        self.supervisor: Supervisor | None = None
         self.inferences = 0
         self.alerts = 0
         self.latencies_ms: deque[float] = deque(maxlen=2000)
@@ -102,12 +116,12 @@ class Agent:
         self.vectors: IndexSink | None = None
         self.camera: CameraPart | None = None
         self.camera_stage: CameraStage | None = None
-        self.mcu_part: Any = None  # mcu.McuPart
-        self.mcu_stage: Any = None  # mcu.McuStage
-        self.desired: Any = None  # desired.DesiredConfig
-        self.responder: Any = None
-        self.metrics: Any = None
-        self.metrics_server: Any = None
+        self.mcu_part: McuPart | None = None
+        self.mcu_stage: McuStage | None = None
+        self.desired: DesiredConfig | None = None
+        self.responder: Responder | None = None
+        self.latency = LatencyHistogram()  # per (task, slot, rung), for the metrics
+        self.metrics_server: Any = None  # http.server.ThreadingHTTPServer
         self.metrics_url = ""
         self.systemd: ProgressWatchdog | None = None
         self.last_error = ""
@@ -150,10 +164,6 @@ class Agent:
         # until it is ready.
         self.worker = SyncWorker(SyncSettings(str(c.data_path), c.device, c.fleet, c.broker, nice=c.sync_nice,
                                               drain_per_s=c.drain_per_s, **self._link_tls(c)), wait=False)
-        if c.metrics_port >= 0:  # before the first answer, so that every answer is counted
-            from .metrics import AgentMetrics
-
-            self.metrics = AgentMetrics(self)
         self.records = OutboxSink(self.worker)
         self.vectors = IndexSink(self.worker)
         self._start_camera(CameraPart(c, self.engine, self.records.put))
@@ -196,7 +206,7 @@ class Agent:
         from .metrics import serve
 
         try:
-            self.metrics_server = serve(self, self.metrics, c.metrics_port)
+            self.metrics_server = serve(self, c.metrics_port)
         except OSError as exc:  # serving goes on without metrics; said loudly
             log.error("metrics: cannot listen on 127.0.0.1:%d (%s); running without them "
                       "(set metrics_port, 0 for any free port)", c.metrics_port, exc)
@@ -258,7 +268,7 @@ class Agent:
             self.camera.close()
             self.camera = None
 
-    def _start_mcu(self, part: Any) -> None:
+    def _start_mcu(self, part: McuPart) -> None:
         from .mcu import McuStage
 
         self.mcu_part = part
@@ -271,7 +281,7 @@ class Agent:
         self.mcu_part = self.mcu_stage = None
 
     @property
-    def mcu(self) -> Any:
+    def mcu(self) -> McuLink | None:
         """The firmware bridge's link to the MCU (None without one)."""
         return self.mcu_stage.link if self.mcu_stage is not None else None
 
@@ -280,15 +290,15 @@ class Agent:
         return self.mcu_stage.sim if self.mcu_stage is not None else None
 
     @property
-    def loop(self) -> Any:
+    def loop(self) -> ClosedLoop | None:
         return self.mcu_stage.loop if self.mcu_stage is not None else None
 
     @property
-    def ladder(self) -> Any:
+    def ladder(self) -> Ladder | None:
         return self.camera.ladder if self.camera is not None else None
 
     @property
-    def drift(self) -> Any:
+    def drift(self) -> DriftMonitor | None:
         return self.camera.drift if self.camera is not None else None
 
     # -- the hot path after the router ----------------------------------------------------
@@ -302,8 +312,7 @@ class Agent:
         self.latencies_ms.append(served.latency_ms)
         key = (inference.slot, served.rung)
         self.served_by[key] = self.served_by.get(key, 0) + 1
-        if self.metrics is not None:
-            self.metrics.observe(inference)
+        self.latency.observe((inference.task, inference.slot, served.rung), served.latency_ms / 1000.0)
         if not self.first_result.is_set():
             self.first_result.set()
             log.info("first result: %s from %s", served.rung, inference.source)

@@ -2,8 +2,8 @@
 default (``EDGELOOP_METRICS_ADDR`` for another address).
 
 - Latency is a histogram with buckets for millisecond answers (``rate()`` and
-  ``histogram_quantile()`` work on it); answers, alerts, CPU time, energy, drops and restarts are
-  counters, never "since start" rates.
+  ``histogram_quantile()`` work on it), kept by the agent (``histogram.py``) and exposed here;
+  answers, alerts, CPU time, energy, drops and restarts are counters, never "since start" rates.
 - Figures that live elsewhere (the outbox in the sync worker, the ladders, the stages) are read
   when scraped, by a collector; their series are always there (a drained stream reads 0).
 - Energy comes from RAPL (``/sys/class/powercap/intel-rapl:0/energy_uj``) where it is readable,
@@ -21,13 +21,14 @@ from pathlib import Path
 from threading import Thread
 from typing import Any, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily,
+                                   Metric)
+
+from .histogram import BUCKETS_S
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 LINK_STATES = ("online", "connecting", "offline", "none")
-# Served latency from a few tens of µs (a cached answer) to the deadline and past it.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def _rapl_uj() -> int | None:
@@ -35,27 +36,6 @@ def _rapl_uj() -> int | None:
         return int(RAPL.read_text())
     except (OSError, ValueError):
         return None
-
-
-class AgentMetrics:
-    """What the hot path updates (``observe``: about 2 µs) and the collector of the rest."""
-
-    def __init__(self, agent: Any) -> None:
-        self.registry = CollectorRegistry()
-        labels = ("task", "slot", "rung")
-        self.latency = Histogram("edgeloop_inference_latency_seconds", "served latency, input in to answer",
-                                 labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.answers = Counter("edgeloop_inferences", "answers served", labels, registry=self.registry)
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
-        self.registry.register(AgentCollector(agent))
-
-    def observe(self, inference: Any) -> None:
-        key = (inference.task, inference.slot, inference.served.rung)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.latency.labels(*key), self.answers.labels(*key))
-        children[0].observe(inference.served.latency_ms / 1000.0)
-        children[1].inc()
 
 
 class AgentCollector:
@@ -76,6 +56,7 @@ class AgentCollector:
         c = a.config
         yield InfoMetricFamily("edgeloop_agent", "the agent", value={"device": c.device, "fleet": c.fleet,
                                                                      "version": _version()})
+        yield from self._answers()
         yield CounterMetricFamily("edgeloop_alerts", "alert events raised", value=a.alerts)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = CounterMetricFamily("edgeloop_cpu_seconds", "CPU time", labels=["process"])
@@ -100,6 +81,18 @@ class AgentCollector:
         yield from self._sync()
         yield from self._ladders()
         yield from self._mcu_and_mqtt()
+
+    def _answers(self) -> Iterator[Metric]:
+        labels = ["task", "slot", "rung"]
+        hist = HistogramMetricFamily("edgeloop_inference_latency_seconds", "served latency, input in to answer",
+                                     labels=labels)
+        answers = CounterMetricFamily("edgeloop_inferences", "answers served", labels=labels)
+        for key, (cumulative, count, total) in self.agent.latency.snapshot().items():
+            bounds = [repr(b) for b in BUCKETS_S] + ["+Inf"]
+            hist.add_metric(list(key), list(zip(bounds, cumulative)), total)
+            answers.add_metric(list(key), count)
+        yield hist
+        yield answers
 
     def _engine(self) -> Iterator[Metric]:
         stats = getattr(self.agent.engine, "stats", None)
@@ -243,14 +236,16 @@ def _version() -> str:
     return package_version()
 
 
-def serve(agent: Any, metrics: AgentMetrics, port: int) -> ThreadingHTTPServer:
+def serve(agent: Any, port: int) -> ThreadingHTTPServer:
     """``/metrics`` (Prometheus text) and ``/status`` (JSON) on 127.0.0.1:``port`` (0: a free port)."""
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                body, kind = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+                body, kind = generate_latest(registry), CONTENT_TYPE_LATEST
             elif path == "/status":
                 body, kind = json.dumps(agent.status(), default=str).encode(), "application/json"
             else:

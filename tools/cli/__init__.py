@@ -16,14 +16,23 @@ from edgeloop.runtime.errors import EdgeloopError
 from .common import EXIT_ERROR, engine_flags
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs a start-up ~30 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from .status import package_version
+
+        print(f"edgeloop {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import bench, deploy, doctor, index, infer, models, outbox, regional, run, status
 
     parser = argparse.ArgumentParser(prog="edgeloop", description="On-device inference runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    from .status import package_version
-
-    parser.add_argument("--version", action="version", version=f"edgeloop {package_version()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     parser.add_argument("--log-json", action="store_true",
                         help="structured logs: one JSON object a line on stderr [EDGELOOP_LOG_FORMAT=json]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
