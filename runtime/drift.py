@@ -32,12 +32,6 @@ def psi(live: Sequence[float], base: Sequence[float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def features(image: Any, result: Any) -> dict[str, float]:
-    pixels = np.asarray(image.convert("L") if hasattr(image, "convert") else image, np.float32)
-    top = getattr(result, "top", None)
-    return {"brightness": float(pixels.mean() / 255.0), "confidence": float(top[0].score) if top else 0.0}
-
-
 class DriftMonitor:
     """Keeps the last ``window`` feature values; ``scores()`` is the PSI per feature."""
 

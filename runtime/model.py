@@ -154,15 +154,20 @@ class LoadedModel:
         return image_to_input(load_image(path), spec, self.entry.input)
 
     def frame_into(self, frame: np.ndarray, fmt: str, out: np.ndarray) -> None:
-        """A camera frame preprocessed into ``out`` (input 0's shape, NHWC). The kernel's plan is
-        made once per frame shape and format and kept: a camera's frames all share it."""
+        """A camera frame preprocessed into ``out`` (input 0's shape and layout). The kernel's plan
+        is made once per frame shape and format and kept: a camera's frames all share it."""
+        spec = self.inputs[0]
+        nchw = self.entry.input.layout == "NCHW"  # the kernel writes NHWC: transposed on the way in
+        into = np.empty((spec.shape[2], spec.shape[3], spec.shape[1]), spec.dtype) if nchw else out
         key = (fmt, frame.shape, frame.dtype.str)
         writer = self._writers.get(key)
         if writer is None:
             if len(self._writers) > 16:  # a source whose frames keep changing size
                 self._writers.clear()
-            writer = self._writers[key] = frame_writer(frame, fmt, out, self.inputs[0], self.entry.input)
-        writer(frame, out)
+            writer = self._writers[key] = frame_writer(frame, fmt, into, spec, self.entry.input)
+        writer(frame, into)
+        if nchw:
+            out[0] = into.transpose(2, 0, 1)
 
     def run_frame(self, frame: np.ndarray, fmt: str = "RGB",
                   roi: tuple[int, int, int, int] | None = None) -> list[np.ndarray]:

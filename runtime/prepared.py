@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from .image_input import write_frame
-
 
 class PreparedFrame:
     __slots__ = ("pixels", "fmt", "_tensors", "_key")
@@ -29,14 +27,9 @@ class PreparedFrame:
         k = model.frame_spec_key
         tensor = self._tensors.get(k)
         if tensor is None:
-            spec, input_spec = model.inputs[0], model.entry.input
+            spec = model.inputs[0]
             tensor = np.empty(spec.shape, spec.dtype)
-            if input_spec.layout == "NCHW":  # the kernel writes NHWC
-                hwc = np.empty((spec.shape[2], spec.shape[3], spec.shape[1]), spec.dtype)
-                write_frame(self.pixels, self.fmt, hwc, spec, input_spec)
-                tensor[0] = hwc.transpose(2, 0, 1)
-            else:
-                model.frame_into(self.pixels, self.fmt, tensor)
+            model.frame_into(self.pixels, self.fmt, tensor)
             self._tensors[k] = tensor
             if self._key is None:
                 from .watchdog.rungs import input_key

@@ -56,11 +56,6 @@ def parse_broker(text: str, key: str = "--broker") -> tuple[str, int]:
     return host, int(port)
 
 
-def broker_config(text: str, **options: Any) -> BrokerConfig:
-    host, port = parse_broker(text)
-    return BrokerConfig(host, port, **options)
-
-
 class Guard:
     """Counts the callback errors of one client."""
 
@@ -110,6 +105,3 @@ def make_client(broker: BrokerConfig, client_id: str, *, protocol: str | None = 
     client.on_socket_open = _nodelay
     return client
 
-
-def is_mqtt5(client: mqtt.Client) -> bool:
-    return client.protocol == mqtt.MQTTv5

@@ -62,28 +62,13 @@ def _end_offset(src: np.ndarray) -> int:
 
 
 def preprocess(src: np.ndarray, plan: Plan, out: np.ndarray) -> None:
-    src = standard_rows(src)
-    uv = src[plan.src_h:] if plan.fmt == "NV12" else src
-    y, x = plan.ytaps, plan.xtaps
-    x_lo, x_hi = int(x.index.min()), int(x.index.max()) + 1
-    keep = (src, uv, out, y.start, y.index, y.weight, x.start, x.index, x.weight, plan.alpha, plan.beta, plan.pad)
-    status = lib.el_preprocess(
-        _ptr("uint8_t *", src), src.strides[0], _ptr("uint8_t *", uv), uv.strides[0], FORMAT_CODES[plan.fmt],
-        plan.out_h, plan.out_w, plan.out_c, DTYPE_CODES[plan.out_dtype], _ptr("void *", out),
-        *plan.inner,
-        _ptr("int32_t *", y.start), _ptr("int32_t *", y.index), _ptr("float *", y.weight),
-        _ptr("int32_t *", x.start), _ptr("int32_t *", x.index), _ptr("float *", x.weight),
-        _ptr("float *", plan.alpha), _ptr("float *", plan.beta), _ptr("void *", plan.pad), int(plan.swap_rb),
-        x_lo, x_hi, _ptr("uint8_t *", src) + _end_offset(src), THREADS)
-    del keep
-    if status != 0:
-        raise MemoryError("preprocess: out of memory for the column buffer")
+    bind_preprocess(plan)(src, out)
 
 
 def bind_preprocess(plan: Plan) -> Callable[[np.ndarray, np.ndarray], None]:
     """``preprocess`` for one plan with its tables cast once: per call only the frame's and the
-    output's addresses change (about 4 µs less a call than ``preprocess``, which casts 13
-    pointers each time). The frame must have the plan's shape and format."""
+    output's addresses change (a camera's frames share a plan: ``kernels.preprocessor``). The
+    frame must have the plan's shape and format."""
     y, x = plan.ytaps, plan.xtaps
     x_lo, x_hi = int(x.index.min()), int(x.index.max()) + 1
     tables = (plan.alpha, plan.beta, plan.pad, y.start, y.index, y.weight, x.start, x.index, x.weight)

@@ -168,6 +168,7 @@ class ModelRung(Rung):
         finally:
             with self._lock:
                 self._busy.pop(me, None)
+                self._inline.discard(me)
                 was_stuck = me in self._stuck
                 self._stuck.discard(me)
         if was_stuck:
