@@ -1,5 +1,5 @@
-"""What the outbox and the retrieval index share about their SQLite files: damaged files are
-renamed aside (kept, never deleted), and reads of a damaged file are time-limited."""
+"""What the outbox and the retrieval index share about their SQLite files: a bounded WAL,
+damaged files renamed aside (kept, never deleted), and time-limited reads of a damaged file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ from typing import Iterator
 import apsw
 
 log = logging.getLogger("edgeloop.sqlite")
+
+
+WAL_CHECKPOINT_PAGES = 256  # checkpoint once the log holds this many pages (1 MB at 4 KB pages)
+WAL_KEEP_BYTES = 1024 * 1024  # and truncate it back to this after a checkpoint
+
+
+def bound_wal(db: apsw.Connection) -> None:
+    """A small WAL: on a small or nearly full data disk the log must not eat the room the
+    records need (SQLite's default lets it reach 4 MB and keeps the file at its largest)."""
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
 
 
 def quarantine(path: Path, reason: str) -> Path:

@@ -1,10 +1,14 @@
 """The MQTT link from the outbox to the regional edge (paho-mqtt 2.x).
 
 A drain thread takes batches from the outbox and publishes them at QoS 1, at most
-``inflight_window`` messages unacknowledged at a time; a record is deleted from the outbox
-only when the broker's PUBACK for the message carrying it arrives. On a disconnect,
-everything in flight goes back to the outbox and is sent again after reconnecting
-(the regional edge dedupes by record id). Reconnects back off exponentially with jitter.
+``inflight_window`` messages unacknowledged at a time. The broker's PUBACK only marks a record
+sent: it is deleted when the regional store's commit acknowledgement names it (on
+``edgeloop/v1/{fleet}/{device}/ack``, see ``acks``). A record whose commit has not come
+``commit_timeout_s`` after the PUBACK is sent again (the store dedupes by id), so a broker or a
+receiver that loses it loses nothing; the wait doubles while no ack comes at all, up to
+``commit_timeout_max_s``, and at most ``max_awaiting`` records wait for a commit at a time. On a
+disconnect, what the broker has not acknowledged goes back to the outbox and is sent again
+after reconnecting. Reconnects back off exponentially with jitter.
 A retained ``status`` topic says ``online`` (birth) and ``offline`` (last will).
 The hot path never waits on any of this: it only enqueues.
 """
@@ -22,6 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .acks import MalformedAck, decode_ack
 from .codec import encode_batch
 from .mqtt_client import BrokerConfig, Guard, make_client
 from .outbox import Outbox
@@ -58,6 +63,9 @@ class LinkConfig:
     backoff_min_s: float = 0.2
     backoff_max_s: float = 30.0
     max_records_per_s: float = 0.0  # a cap on the drain (0: none), so a long catch-up leaves CPU to inference
+    commit_timeout_s: float = 30.0  # sent again when the regional commit has not come by then
+    commit_timeout_max_s: float = 600.0  # the wait doubles up to this while no commit comes at all
+    max_awaiting: int = 50_000  # records the broker has that may wait for their commit at once
 
     def __repr__(self) -> str:  # never a password in a log line
         return f"LinkConfig({self.host}:{self.port}, {self.fleet}/{self.device})"
@@ -75,11 +83,16 @@ class MqttLink:
         self.outbox = outbox
         self.config = config
         self.state = OFFLINE
-        self.published = 0  # messages acknowledged
-        self.delivered = 0  # records acknowledged
+        self.published = 0  # messages the broker acknowledged
+        self.delivered = 0  # records the regional store acknowledged (committed)
+        self.acks = 0  # commit acks taken
+        self.bad_acks = 0  # malformed, or for another epoch
+        self._committed: dict[str, list[int]] = {}  # epoch -> seqs named by commit acks, not yet deleted
+        self._puback_seqs: list[int] = []  # the broker has them, not yet marked sent
+        self._timeout_s = config.commit_timeout_s
+        self._next_resend_check = 0.0
         self._pending: dict[int, list[int]] = {}  # mid -> outbox seqs
         self._early: set[int] = set()  # mids acknowledged before they were recorded
-        self._acked_seqs: list[int] = []  # acknowledged, not yet deleted from the outbox
         self._acked_messages = 0
         self._refused_mqtt5 = False
         self._attempt = 0  # failed connections since the last success
@@ -105,6 +118,7 @@ class MqttLink:
         client.on_connect = self.guard(self._on_connect)
         client.on_disconnect = self.guard(self._on_disconnect)
         client.on_publish = self.guard(self._on_publish)
+        client.on_message = self.guard(self._on_message)
         client.on_connect_fail = self.guard(lambda client, userdata: self._back_off())
         return client
 
@@ -150,11 +164,17 @@ class MqttLink:
         self._delete_acked()
         self._release_all()
 
+    @property
+    def ack_topic(self) -> str:
+        return topic(self.config.fleet, self.config.device, "ack")
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"state": self.state, "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
                     "in_flight_messages": len(self._pending),
                     "published_messages": self.published, "delivered_records": self.delivered,
+                    "commit_acks": self.acks, "bad_acks": self.bad_acks, "awaiting_commit": self.outbox.awaiting(),
+                    "resent_records": self.outbox.resent, "commit_timeout_s": round(self._timeout_s, 1),
                     "last_backoff_s": round(self.last_backoff_s, 3), "callback_errors": self.guard.errors}
 
     # -- paho callbacks (its network thread) ----------------------------------------------
@@ -169,6 +189,8 @@ class MqttLink:
             return
         c = self.config
         self._attempt = 0
+        # Every time: a broker that lost its state (or a clean session) has no subscription.
+        client.subscribe(self.ack_topic, qos=1)
         client.publish(topic(c.fleet, c.device, "status"), b"online", qos=1, retain=True)
         with self._wake:
             self.state = ONLINE
@@ -200,22 +222,52 @@ class MqttLink:
                     self._early.clear()
                 self._early.add(mid)
                 return
-            # The drain thread deletes them: paho's network thread never waits on the disk,
-            # and the acks that arrive together are deleted in one transaction.
-            self._acked_seqs += seqs
+            # The drain thread marks them: paho's network thread never waits on the outbox.
+            self._puback_seqs += seqs
             self._acked_messages += 1
             self._wake.notify_all()
 
-    def _delete_acked(self) -> None:
-        with self._wake:
-            seqs, messages = self._acked_seqs, self._acked_messages
-            self._acked_seqs, self._acked_messages = [], 0
-        if not seqs:
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic != self.ack_topic:
             return
-        self.outbox.ack(seqs)
+        try:
+            ack = decode_ack(message.payload)
+        except MalformedAck as exc:
+            self.bad_acks += 1
+            log.warning("link: a malformed commit ack on %s ignored: %s", message.topic, exc.problem)
+            return
+        with self._wake:
+            self.acks += 1
+            # Deleted on the drain thread, with the other acks that came meanwhile, in one transaction.
+            self._committed.setdefault(ack.epoch, []).extend(ack.seqs())
+            self._wake.notify_all()
+
+    def _delete_acked(self) -> None:
+        """Mark what the broker took as sent, delete what the regional store committed."""
+        with self._wake:
+            sent, messages, committed = self._puback_seqs, self._acked_messages, self._committed
+            self._puback_seqs, self._acked_messages, self._committed = [], 0, {}
+        if sent:
+            self.outbox.mark_sent(sent)
+        removed = sum(self.outbox.ack(seqs, epoch) for epoch, seqs in committed.items())
+        if removed:
+            self._timeout_s = self.config.commit_timeout_s  # the regional tier answers again
         with self._wake:
             self.published += messages
-            self.delivered += len(seqs)
+            self.delivered += removed
+
+    def _resend_overdue(self) -> None:
+        """Send again what waited too long for its commit; while nothing is committed at all,
+        wait twice as long next time (a receiver that is down is not flooded)."""
+        now = time.monotonic()
+        if now < self._next_resend_check:
+            return
+        self._next_resend_check = now + min(1.0, self._timeout_s / 4)
+        n = self.outbox.resend_due(self._timeout_s)
+        if n:
+            log.warning("link: %d record(s) not committed by the regional store within %.0f s; sending them again",
+                        n, self._timeout_s)
+            self._timeout_s = min(self._timeout_s * 2, self.config.commit_timeout_max_s)
 
     def _release_all(self) -> None:
         with self._wake:
@@ -233,8 +285,8 @@ class MqttLink:
                 # Woken by acks (to delete), by room in the window, or after `idle` to look
                 # for new records.
                 deadline = time.monotonic() + (idle or 0.5)
-                while self._running and not self._acked_seqs and not self._refused_mqtt5 and not (
-                        self._can_send() and not idle):
+                while self._running and not self._puback_seqs and not self._committed and not self._refused_mqtt5 \
+                        and not (self._can_send() and not idle):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -257,6 +309,7 @@ class MqttLink:
                         self._delete_acked()
                 idle = 0.0 if sent else min(max(idle * 2, 0.01), 0.2) + random.uniform(0, 0.005)
             self._delete_acked()
+            self._resend_overdue()
 
     def _pace(self, records: int) -> None:
         """Hold the drain to ``max_records_per_s`` (a stop still ends the wait at once)."""
@@ -270,7 +323,8 @@ class MqttLink:
                 self._wake.wait(left)
 
     def _can_send(self) -> bool:
-        return self.state == ONLINE and len(self._pending) < self.config.inflight_window
+        return (self.state == ONLINE and len(self._pending) < self.config.inflight_window
+                and self.outbox.awaiting() < self.config.max_awaiting)
 
     def _send_batch(self) -> int:
         """Publish the next batch (one message per stream): records sent, 0 when the outbox
@@ -295,7 +349,7 @@ class MqttLink:
             with self._wake:
                 if info.mid in self._early:
                     self._early.discard(info.mid)
-                    self._acked_seqs += seqs
+                    self._puback_seqs += seqs
                     self._acked_messages += 1
                 else:
                     self._pending[info.mid] = seqs

@@ -1,4 +1,5 @@
-"""The durable outbox: what the device decided to send, kept in SQLite until the broker acked it.
+"""The durable outbox: what the device decided to send, kept in SQLite until the regional store
+has committed it.
 
 - ``enqueue`` returns only once the record is durable (WAL, ``synchronous=FULL`` by default).
   Concurrent enqueues are group-committed by one writer thread: one transaction, one sync,
@@ -8,9 +9,14 @@
   then the lowest priority, oldest first; every eviction is counted per stream and reason,
   persisted, and logged — never silent. A full disk raises ``OutboxFull`` after evicting by
   the same rule; the next enqueue simply tries again.
-- Records leave only through ``ack`` (after the broker's PUBACK for the message carrying them).
-- On open, an integrity check: a corrupt file is renamed aside (kept), the rows that can still
-  be read are salvaged into a fresh file, and the outbox carries on.
+- A record handed out by ``next_batch`` is in flight; once the broker has it (PUBACK) the link
+  marks it sent (``mark_sent``): it awaits the regional commit and is not sent again unless
+  ``resend_due`` finds it waited too long. Records leave only through ``ack``, when the regional
+  store's commit acknowledgement names them.
+- Each file has an epoch (an id made when the file is); seqs are never reused: a file made
+  after a damaged one continues after the damaged one's highest seq, under a new epoch.
+- On open, an integrity check: a corrupt file is renamed aside (kept), every row a lookup can
+  still read with a valid checksum is salvaged into a fresh file, and the outbox carries on.
 """
 
 from __future__ import annotations
@@ -31,13 +37,13 @@ from typing import Any, Callable, Iterable, NamedTuple
 import apsw
 
 from edgeloop.runtime.errors import ConfigError, EdgeloopError
-from edgeloop.runtime.sqlite_files import integrity_problem, quarantine, time_limit
+from edgeloop.runtime.sqlite_files import bound_wal, integrity_problem, quarantine, time_limit
 
 from .codec import MAX_BATCH_BYTES, encode_body
 
 log = logging.getLogger("edgeloop.outbox")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
@@ -50,7 +56,8 @@ CREATE TABLE IF NOT EXISTS records (
     size INTEGER NOT NULL,
     trace TEXT,
     body BLOB NOT NULL,
-    crc INTEGER NOT NULL
+    crc INTEGER NOT NULL,
+    epoch TEXT  -- NULL: this file's epoch; a salvaged record keeps the epoch it was numbered in
 );
 CREATE INDEX IF NOT EXISTS records_evict ON records (stream, priority, seq);
 CREATE INDEX IF NOT EXISTS records_expires ON records (expires) WHERE expires IS NOT NULL;
@@ -61,13 +68,16 @@ CREATE TABLE IF NOT EXISTS evictions (
 _MIGRATIONS: dict[int, str] = {
     # 1 -> 2: expired records are found through an index instead of a scan per batch.
     1: "CREATE INDEX IF NOT EXISTS records_expires ON records (expires) WHERE expires IS NOT NULL",
+    # 2 -> 3: records carry the epoch they were numbered in (salvage moves them to a new file).
+    2: "ALTER TABLE records ADD COLUMN epoch TEXT",
 }
-_COLUMNS = "seq, id, stream, priority, created, expires, size, trace, body, crc"
+_COLUMNS = "seq, id, stream, priority, created, expires, size, trace, body, crc, epoch"
 _FIELDS = tuple(_COLUMNS.split(", "))
 # Text columns are read as bytes: a flipped bit in one must not stop a whole query.
-_SELECT = "seq, CAST(id AS BLOB), CAST(stream AS BLOB), priority, created, expires, size, CAST(trace AS BLOB), body, crc"
+_SELECT = ("seq, CAST(id AS BLOB), CAST(stream AS BLOB), priority, created, expires, size, CAST(trace AS BLOB), "
+           "body, crc, CAST(epoch AS BLOB)")
 RESERVE_BYTES = 256 * 1024  # kept free on disk so eviction can still commit when the disk is full
-SALVAGE_SECONDS = 30.0  # at most this long reading a damaged file; what is not read by then is lost
+SALVAGE_SECONDS = 60.0  # at most this long reading a damaged file; what is not read by then is lost
 CHECK_SECONDS = 60.0  # the integrity check on open
 GATHER_S = 0.001  # at most this long waiting for more writers to join a group commit
 
@@ -160,56 +170,136 @@ def _settle(tickets: list[_Ticket]) -> None:
 
 def _checked(row: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """A row read with ``_SELECT``, text decoded, if its checksum still holds; else None."""
-    seq, rid, stream, priority, created, expires, size, trace, body, crc = row
+    seq, rid, stream, priority, created, expires, size, trace, body, crc, epoch = row
     try:
         rid, stream = rid.decode(), stream.decode()
         trace = trace.decode() if trace is not None else None
     except (AttributeError, UnicodeDecodeError):
         return None
-    if not isinstance(body, bytes) or size != len(body) or record_crc(rid, stream, body) != crc:
+    if not isinstance(seq, int) or not isinstance(body, bytes) or size != len(body) \
+            or record_crc(rid, stream, body) != crc:
         return None
-    return seq, rid, stream, priority, created, expires, size, trace, body, crc
+    try:  # not covered by the checksum: a damaged epoch reads as this file's
+        epoch = epoch.decode() if isinstance(epoch, bytes) else None
+    except UnicodeDecodeError:
+        epoch = None
+    return seq, rid, stream, priority, created, expires, size, trace, body, crc, epoch
 
 
-def _salvage(aside: Path, db: apsw.Connection) -> tuple[int, int]:
-    """Copy every intact record from the damaged file; returns (salvaged, lost: unreadable
-    stretches plus rows whose checksum no longer matches). Reads forward by key, 64 rows at a
-    time; past an unreadable stretch it probes further ahead with growing steps, a bounded
-    number of times (a corrupt page can claim any key, even a huge one)."""
-    salvaged = lost = 0
+@dataclass
+class Salvage:
+    """What was read from a damaged file: ``salvaged`` rows copied; ``lost`` rows known to exist
+    (the table or one of its indexes names their seq) that no lookup could read with a valid
+    checksum; ``high_seq`` the highest seq the file had used, which the new file continues after."""
+
+    salvaged: int = 0
+    lost: int = 0
+    high_seq: int = 0
+    epoch: str | None = None
+    timed_out: bool = False
+
+
+def _read(old: apsw.Connection, sql: str, args: tuple[Any, ...] = (), seconds: float = 1.0) -> list[tuple[Any, ...]]:
+    """Rows of one query on the damaged file, as many as could be read before an error."""
+    rows: list[tuple[Any, ...]] = []
+    try:
+        with time_limit(old, seconds):
+            for row in old.execute(sql, args):
+                rows.append(row)
+    except (apsw.Error, ValueError):
+        pass
+    return rows
+
+
+def _salvage(aside: Path, db: apsw.Connection, give_up: float) -> Salvage:
+    """Copy every intact record of the damaged file, in three passes: forward through the table
+    by key (probing past unreadable stretches), then the seqs its indexes still name, then a
+    point lookup of every seq between the lowest and highest known that is not copied yet. A
+    lookup reaches rows whose neighbours' pages are gone, which a scan cannot step over."""
+    result = Salvage()
     try:
         old = apsw.Connection(str(aside), flags=apsw.SQLITE_OPEN_READONLY)
     except apsw.Error as exc:
         log.error("outbox: nothing can be read from %s (%s)", aside, exc)
-        return 0, 0
-    after, step, misses = 0, 64, 0
-    give_up = time.monotonic() + SALVAGE_SECONDS
+        return result
+    meta = _read(old, "SELECT CAST(value AS BLOB) FROM meta WHERE key='epoch'")
+    try:
+        result.epoch = meta[0][0].decode() if meta and isinstance(meta[0][0], bytes) else None
+    except UnicodeDecodeError:
+        result.epoch = None
+    high = _read(old, "SELECT seq FROM sqlite_sequence WHERE name='records'")
+    result.high_seq = high[0][0] if high and isinstance(high[0][0], int) else 0
+    copied: set[int] = set()
+    known: set[int] = set()
+
+    def keep(raws: list[tuple[Any, ...]]) -> None:
+        intact = []
+        for raw in raws:
+            if isinstance(raw[0], int):
+                known.add(raw[0])
+            row = _checked(raw)
+            if row is not None and row[0] not in copied:
+                copied.add(row[0])
+                intact.append(row[:10] + (row[10] or result.epoch,))
+        if intact:
+            with db:
+                db.executemany(f"INSERT OR IGNORE INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", intact)
+
+    # 1. Forward by key, 256 rows at a time; past an error, probe ahead with growing steps (a
+    # corrupt page can claim any key, even a huge one), a bounded number of times.
+    after, step, misses = 0, 256, 0
     while misses < 48 and time.monotonic() < give_up:
         try:
             with time_limit(old, 1.0):
-                rows = old.execute(f"SELECT {_SELECT} FROM records WHERE seq > ? ORDER BY seq LIMIT 64",
+                rows = old.execute(f"SELECT {_SELECT} FROM records WHERE seq > ? ORDER BY seq LIMIT 256",
                                    (after,)).fetchall()
         except (apsw.Error, ValueError):
-            lost += 1
             misses += 1
-            after += step
-            step *= 2
+            after, step = after + step, step * 2
             continue
         if not rows:
             break
-        intact = [r for r in map(_checked, rows) if r is not None]
-        with db:
-            db.executemany(f"INSERT OR IGNORE INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", intact)
-        salvaged += len(intact)
-        lost += len(rows) - len(intact)
-        last = max(r[0] for r in rows if isinstance(r[0], int))
-        if last <= after:  # a damaged tree that does not move forward: probe past it
+        keep(rows)
+        last = max((r[0] for r in rows if isinstance(r[0], int)), default=after)
+        if last <= after:
             misses += 1
             after, step = after + step, step * 2
         else:
-            after, step = last, 64
+            after, step = last, 256
+    # 2. The seqs the indexes name (each carries the rowid), read without the table's pages.
+    for index in ("records_evict", "records_expires", "sqlite_autoindex_records_1"):
+        for (seq,) in _read(old, f"SELECT seq FROM records INDEXED BY {index}", seconds=5.0):
+            if isinstance(seq, int) and 0 < seq < 1 << 62:
+                known.add(seq)
+    # 3. A point lookup of each seq not copied yet, from the lowest known to the highest used.
+    if known or result.high_seq:
+        top = max(result.high_seq, max(known, default=0))
+        low = min(known, default=1)
+        batch: list[tuple[Any, ...]] = []
+        for seq in range(low, top + 1):
+            if seq in copied:
+                continue
+            if time.monotonic() >= give_up:
+                result.timed_out = True
+                break
+            try:
+                with time_limit(old, 0.2):
+                    row = old.execute(f"SELECT {_SELECT} FROM records WHERE seq = ?", (seq,)).fetchone()
+            except (apsw.Error, ValueError):
+                continue
+            if row is not None:
+                batch.append(row)
+                if len(batch) >= 256:
+                    keep(batch)
+                    batch = []
+        keep(batch)
+    if time.monotonic() >= give_up:
+        result.timed_out = True
     old.close()
-    return salvaged, lost
+    result.salvaged = len(copied)
+    result.lost = len(known - copied)
+    result.high_seq = max(result.high_seq, max(known, default=0))
+    return result
 
 
 class Outbox:
@@ -229,7 +319,10 @@ class Outbox:
         self._db = self._open(self._synchronous)
         self._lock = threading.RLock()  # one connection, one user at a time
         self._counts = self._load_counts()
-        self._inflight: set[int] = set()
+        self._inflight: set[int] = set()  # handed out by next_batch: in flight or awaiting the commit
+        self._awaiting: dict[int, float] = {}  # broker has them (PUBACK): seq -> when, awaiting the commit
+        self._waiting_since: float | None = None  # wall time since which records await a commit with none acked
+        self.resent = 0  # records sent again because their commit did not come in time
         self._cursor = 0  # records at or below this seq were handed out by next_batch (or are gone)
         self._evicted: list[tuple[str, str, int]] = []
         self._reserve = Path(str(self.path) + ".reserve")
@@ -250,9 +343,7 @@ class Outbox:
         db.setbusytimeout(5000)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
-        # A small WAL: on a small or nearly full disk the log must not eat the room records need.
-        db.execute("PRAGMA wal_autocheckpoint=256")
-        db.execute(f"PRAGMA journal_size_limit={4 * 1024 * 1024}")
+        bound_wal(db)
         return db
 
     def _open(self, synchronous: str, problem: str | None = None) -> apsw.Connection:
@@ -266,14 +357,23 @@ class Outbox:
             except apsw.Error as exc:
                 problem = f"{type(exc).__name__}: {exc}"
         if problem is None:
-            self._migrate(db)
+            self.epoch = self._migrate(db)
             return db
         aside = quarantine(self.path, problem)
         db = self._connect(synchronous)
-        self._migrate(db)
-        salvaged, lost = _salvage(aside, db)
-        self.salvage = {"quarantined": str(aside), "reason": problem, "salvaged": salvaged, "lost": lost}
-        log.error("outbox: salvaged %d records from %s (%d rows or ranges lost)", salvaged, aside, lost)
+        self.epoch = self._migrate(db)
+        found = _salvage(aside, db, time.monotonic() + SALVAGE_SECONDS)
+        with db:  # seqs go on after the damaged file's highest: none is ever used twice
+            top = max(found.high_seq, db.execute("SELECT coalesce(max(seq), 0) FROM records").fetchone()[0])
+            db.execute("DELETE FROM sqlite_sequence WHERE name = 'records'")
+            db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('records', ?)", (top,))
+        self.salvage = {"quarantined": str(aside), "reason": problem, "salvaged": found.salvaged,
+                        "lost": found.lost, "high_seq": found.high_seq, "old_epoch": found.epoch,
+                        "epoch": self.epoch, "timed_out": found.timed_out}
+        log.error("outbox: salvaged %d records from %s; %d known records lost%s; new epoch %s continues after seq %d",
+                  found.salvaged, aside, found.lost,
+                  f" (gave up after {SALVAGE_SECONDS:.0f} s: more may be)" if found.timed_out else "",
+                  self.epoch, found.high_seq)
         return db
 
     def _recover(self, exc: BaseException) -> None:
@@ -284,6 +384,7 @@ class Outbox:
         self._db = self._open(self._synchronous, problem=f"{type(exc).__name__}: {exc}")
         self._counts = self._load_counts()
         self._inflight.clear()
+        self._awaiting.clear()
         self._cursor = 0
 
     def _load_counts(self) -> dict[str, list[int]]:
@@ -300,7 +401,8 @@ class Outbox:
                 return operation()
 
     @staticmethod
-    def _migrate(db: apsw.Connection) -> None:
+    def _migrate(db: apsw.Connection) -> str:
+        """Bring the schema up to date; returns the file's epoch (made with a new file)."""
         with db:
             db.execute(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -312,6 +414,8 @@ class Outbox:
                 db.execute(_MIGRATIONS[version])
                 version += 1
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(version),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (new_ids(1)[0][-16:],))
+            return db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
 
     # -- transactions and the disk reserve -------------------------------------------------
 
@@ -320,13 +424,13 @@ class Outbox:
         """One transaction; the in-memory counts roll back with it, and evictions are logged
         only once they are committed."""
         counts = {k: v[:] for k, v in self._counts.items()}
-        inflight = set(self._inflight)
+        inflight, awaiting = set(self._inflight), dict(self._awaiting)
         self._evicted = []
         try:
             with self._db:
                 yield
         except BaseException:
-            self._counts, self._inflight, self._evicted = counts, inflight, []
+            self._counts, self._inflight, self._awaiting, self._evicted = counts, inflight, awaiting, []
             raise
         for stream, reason, n in self._evicted:
             log.warning("outbox: evicted %d record(s) from stream '%s' (%s)", n, stream, reason)
@@ -481,7 +585,7 @@ class Outbox:
                 item.seq, item.id = seq, rid
             self._db.executemany(
                 "INSERT INTO records (seq, id, stream, priority, created, expires, size, trace, body, crc) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",  # epoch NULL: this file's
                 [(item.seq, item.id, item.stream, item.priority, item.created, item.expires, len(item.body),
                   item.trace, item.body, record_crc(item.id, item.stream, item.body)) for item in batch])
             for item in batch:
@@ -493,12 +597,15 @@ class Outbox:
 
     # -- eviction --------------------------------------------------------------------------
 
-    def _delete_seqs(self, seqs: list[int], reason: str | None) -> int:
-        """Delete records by seq, 500 at a time (SQLite's parameter limit)."""
+    def _delete_seqs(self, seqs: list[int], reason: str | None, epoch: str | None = None) -> int:
+        """Delete records by seq (of ``epoch`` only, when given), 500 at a time (SQLite's parameter limit)."""
         removed = 0
         for chunk in range(0, len(seqs), 500):
             part = seqs[chunk:chunk + 500]
-            removed += self._delete(f"seq IN ({','.join('?' * len(part))})", tuple(part), reason)
+            where, args = f"seq IN ({','.join('?' * len(part))})", tuple(part)
+            if epoch is not None:
+                where, args = where + " AND coalesce(epoch, ?) = ?", args + (self.epoch, epoch)
+            removed += self._delete(where, args, reason)
         return removed
 
     def _delete(self, where: str, args: tuple[Any, ...], reason: str | None) -> int:
@@ -510,6 +617,7 @@ class Outbox:
             self._counts[s][0] -= 1
             self._counts[s][1] -= size
             self._inflight.discard(seq)
+            self._awaiting.pop(seq, None)
             by_stream[s] = by_stream.get(s, 0) + 1
         for s, n in by_stream.items() if reason is not None else ():
             self._db.execute("INSERT INTO evictions VALUES (?,?,?) ON CONFLICT (stream, reason) "
@@ -595,7 +703,9 @@ class Outbox:
                     continue
                 seen.add(seq)
                 size += row[6]
-                picked.append(dict(zip(_FIELDS, row), ts=row[4]))
+                record = dict(zip(_FIELDS, row), ts=row[4])
+                record["epoch"] = record["epoch"] or self.epoch
+                picked.append(record)
         if corrupt:  # a flipped bit SQLite's own checks cannot see: dropped and counted
             with self._txn():
                 self._delete_seqs(corrupt, "corrupt")
@@ -603,26 +713,59 @@ class Outbox:
         picked.sort(key=lambda r: r["seq"])
         return picked
 
-    def ack(self, seqs: Iterable[int]) -> int:
-        """The broker acknowledged the message carrying these records: delete them."""
-        seqs = list(seqs)
-        return self._guarded(lambda: self._ack(seqs))
+    def mark_sent(self, seqs: Iterable[int]) -> None:
+        """The broker has the message carrying these (PUBACK): they await the regional commit.
+        Memory only: after a restart they are simply sent again (the store dedupes)."""
+        now = time.monotonic()
+        with self._lock:
+            for seq in seqs:
+                if seq in self._inflight:
+                    self._awaiting[seq] = now
+            if self._awaiting and self._waiting_since is None:
+                self._waiting_since = time.time()
 
-    def _ack(self, seqs: list[int]) -> int:
+    def ack(self, seqs: Iterable[int], epoch: str | None = None) -> int:
+        """The regional store committed these records (of ``epoch``; None: of any): delete them.
+        Only seqs this outbox handed out are taken, so a stale ack, or one for another epoch's
+        seqs, deletes nothing that was not sent."""
+        seqs = list(seqs)
+        return self._guarded(lambda: self._ack(seqs, epoch))
+
+    def _ack(self, seqs: list[int], epoch: str | None) -> int:
         with self._txn():
-            removed = self._delete_seqs(seqs, None)
-            self._inflight.difference_update(seqs)
+            seqs = [s for s in seqs if s in self._inflight]
+            removed = self._delete_seqs(seqs, None, epoch)
+            if removed:
+                self._waiting_since = time.time() if self._awaiting else None
             return removed
+
+    def resend_due(self, timeout_s: float) -> int:
+        """Records whose commit has not come ``timeout_s`` after the broker took them go back to
+        be sent again; returns how many."""
+        cutoff = time.monotonic() - timeout_s
+        with self._lock:
+            due = [seq for seq, when in self._awaiting.items() if when <= cutoff]
+        if due:
+            self.release(due)
+            self.resent += len(due)
+        return len(due)
+
+    def awaiting(self) -> int:
+        """Records the broker has that the regional store has not acknowledged yet."""
+        return len(self._awaiting)
 
     def release(self, seqs: Iterable[int] | None = None) -> None:
         """These records (default: all) were not acknowledged: send them again later."""
         with self._lock:
             if seqs is None:
                 self._inflight.clear()
+                self._awaiting.clear()
                 self._cursor = 0
             else:
                 seqs = list(seqs)
                 self._inflight.difference_update(seqs)
+                for seq in seqs:
+                    self._awaiting.pop(seq, None)
                 self._cursor = min([self._cursor, *(s - 1 for s in seqs)])
 
     # -- reporting -------------------------------------------------------------------------
@@ -639,8 +782,11 @@ class Outbox:
         for stream, reason, count in self._db.execute("SELECT stream, reason, count FROM evictions"):
             streams.setdefault(stream, {"rows": 0, "bytes": 0, "oldest": None, "evictions": {}})
             streams[stream]["evictions"][reason] = count
-        return {"path": str(self.path), "device": self.device, "streams": streams,
-                "inflight": len(self._inflight), "salvage": self.salvage,
+        waiting = self._waiting_since if self._awaiting or self._inflight else None
+        return {"path": str(self.path), "device": self.device, "epoch": self.epoch, "streams": streams,
+                "inflight": len(self._inflight), "awaiting_commit": len(self._awaiting),
+                "awaiting_commit_s": round(time.time() - waiting, 1) if waiting is not None else 0.0,
+                "resent": self.resent, "salvage": self.salvage,
                 "commits": self._commits, "committed_records": self._committed}
 
     def close(self) -> None:

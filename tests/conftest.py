@@ -150,14 +150,40 @@ def broker(tmp_path):
     b.stop(kill=True)
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Debian's PostgreSQL, a cluster of our own on loopback for the session (`make test`
+    installs the package when missing)."""
+    from edgeloop.tools.testing.postgres import Postgres
+
+    server = Postgres().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh database on the session's server for one test."""
+    import re
+
+    import psycopg
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50]
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture
 def regional(tmp_path, broker):
     import time
 
     from edgeloop.sync.mqtt_client import BrokerConfig
-    from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+    from edgeloop.sync.receiver import RegionalReceiver
+    from edgeloop.sync.store_sqlite import SqliteStore
 
-    store = RegionalStore(tmp_path / "regional.db")
+    store = SqliteStore(tmp_path / "regional.db")
     receiver = RegionalReceiver(store, BrokerConfig("127.0.0.1", broker.port), fleet="f1", client_id="regional-1")
     receiver.start()
     assert receiver.connected.wait(10)

@@ -51,9 +51,10 @@ def tls_config(b, *, ca: str = "ca", cert: str | None = "device", password: str 
 
 def test_mutual_tls_with_a_password_delivers(tmp_path, tls_broker):
     from edgeloop.sync.mqtt_client import BrokerConfig
-    from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+    from edgeloop.sync.receiver import RegionalReceiver
+    from edgeloop.sync.store_sqlite import SqliteStore
 
-    store = RegionalStore(tmp_path / "regional.db")
+    store = SqliteStore(tmp_path / "regional.db")
     receiver = RegionalReceiver(store, BrokerConfig("127.0.0.1", tls_broker.port), fleet="f1", client_id="regional-tls")
     receiver.start()
     try:

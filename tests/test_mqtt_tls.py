@@ -18,7 +18,8 @@ from edgeloop.runtime.agent.camera import bundled_samples
 from edgeloop.runtime.agent.config import MqttConfig
 from edgeloop.sync.mqtt_client import BrokerConfig, make_client
 from edgeloop.sync.offload import Offloader
-from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+from edgeloop.sync.receiver import RegionalReceiver
+from edgeloop.sync.store_sqlite import SqliteStore
 from edgeloop.sync.topics import topic
 from test_cli import EDGELOOP
 
@@ -38,7 +39,7 @@ def agent_over_tls(tmp_path, b, ca: str = "ca"):
 
 
 def test_every_part_works_over_mutual_tls(tmp_path, tls_broker):
-    store = RegionalStore(tmp_path / "regional.db")
+    store = SqliteStore(tmp_path / "regional.db")
     receiver = RegionalReceiver(store, tls(tls_broker), fleet="f1", client_id="regional-tls")
     receiver.start()
     asker = Offloader(tls(tls_broker), "f1", "tester", request_topic=topic("f1", "gw-1", "req/infer"))
@@ -107,7 +108,7 @@ def test_a_server_certificate_from_another_ca_is_refused(tmp_path, tls_broker, p
             assert s["outbox_rows"] > 0  # everything waits on the device
         return
     if part == "receiver":
-        store = RegionalStore(tmp_path / "r.db")
+        store = SqliteStore(tmp_path / "r.db")
         receiver = RegionalReceiver(store, tls(tls_broker, ca="rogue-ca"), fleet="f1", client_id="r")
         receiver.start()
         try:

@@ -15,7 +15,7 @@ import apsw
 import pytest
 
 from edgeloop.sync.codec import CodecError, decode_batch, encode_batch
-from edgeloop.sync.outbox import Outbox, OutboxFull, StreamPolicy
+from edgeloop.sync.outbox import SCHEMA_VERSION, Outbox, OutboxFull, StreamPolicy
 
 
 def ids_in(path: Path) -> set[str]:
@@ -266,7 +266,7 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path):
         batch = box.next_batch(live_share=0)
     assert [r["id"] for r in batch] == ["old-1", new.id] and new.seq == 2
     db = apsw.Connection(str(path))
-    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("2",)
+    assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (str(SCHEMA_VERSION),)
     assert db.execute("SELECT name FROM sqlite_master WHERE name='records_expires'").fetchone() == ("records_expires",)
     db.close()
 

@@ -13,7 +13,8 @@ from conftest import wait_for
 from edgeloop.sync.link import LinkConfig, MqttLink, topic
 from edgeloop.sync.outbox import Outbox
 from edgeloop.sync.mqtt_client import BrokerConfig
-from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+from edgeloop.sync.receiver import RegionalReceiver
+from edgeloop.sync.store_sqlite import SqliteStore
 
 
 def test_every_record_arrives_once_and_leaves_the_outbox(tmp_path, broker, regional):
@@ -32,12 +33,13 @@ def test_every_record_arrives_once_and_leaves_the_outbox(tmp_path, broker, regio
         assert link.stats()["delivered_records"] >= 3050
 
 
-def test_a_long_backlog_leaves_the_outbox_as_it_drains_not_all_at_the_end(tmp_path, broker):
-    """Acked records are deleted while the window keeps sending (here it never fills): a crash
+def test_a_long_backlog_leaves_the_outbox_as_it_drains_not_all_at_the_end(tmp_path, broker, regional):
+    """Committed records are deleted while the window keeps sending (here it never fills): a crash
     in the middle of a long drain must not leave everything already delivered to be sent again."""
     box = Outbox(tmp_path / "o.db", "dev-b")
     box.enqueue_many([("s", {"n": n}) for n in range(30_000)])
-    link = MqttLink(box, LinkConfig("127.0.0.1", broker.port, device="dev-b", batch_records=100, inflight_window=1000))
+    link = MqttLink(box, LinkConfig("127.0.0.1", broker.port, fleet="f1", device="dev-b", batch_records=100,
+                                    inflight_window=1000))
     link.start()
     seen_midway = []
     try:
@@ -148,7 +150,8 @@ def test_regional_and_outbox_drain_commands(tmp_path, broker):
             box.enqueue_many(("s", n) for n in range(500))
         out = subprocess.run([exe, "outbox", "drain", "--db", str(outbox_db), "--broker", f"127.0.0.1:{broker.port}",
                               "--fleet", "f9", "--device", "cam-9"], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "delivered 500 records; 0 left" in out.stdout, out.stdout + out.stderr
+        assert out.returncode == 0 and "delivered 500 records (committed at the regional store); 0 left" \
+            in out.stdout, out.stdout + out.stderr
 
         def stored() -> int:
             got = subprocess.run([exe, "regional", "stats", "--db", str(regional_db), "--json"],
@@ -165,7 +168,7 @@ def test_regional_and_outbox_drain_commands(tmp_path, broker):
 
 
 def test_two_receivers_on_a_shared_subscription_store_each_record_once(tmp_path, broker):
-    store = RegionalStore(tmp_path / "regional.db")
+    store = SqliteStore(tmp_path / "regional.db")
     receivers = [RegionalReceiver(store, BrokerConfig("127.0.0.1", broker.port), fleet="f5", share="regional",
                                   client_id=f"rx-{n}") for n in range(2)]
     for r in receivers:

@@ -88,7 +88,9 @@ def agent_status(agent: Any, fast: bool = False) -> dict[str, Any]:
                        outbox_bytes=sum(s["bytes"] for s in streams.values()), outbox_streams=streams,
                        link=sync["link"]["state"] if sync["link"] is not None else "none (records wait in the outbox)",
                        link_stats=sync["link"], index_items=sum(sync["index"].values()), index=sync["index"],
-                       worker_restarts=sync["worker_restarts"], salvage=sync.get("salvage"))
+                       worker_restarts=sync["worker_restarts"], salvage=sync.get("salvage"), epoch=sync.get("epoch"),
+                       awaiting_commit=sync.get("awaiting_commit", 0),
+                       awaiting_commit_s=sync.get("awaiting_commit_s", 0.0))
     return out
 
 

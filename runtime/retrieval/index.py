@@ -16,7 +16,7 @@ from typing import Any
 
 import apsw
 
-from edgeloop.runtime.sqlite_files import integrity_problem, quarantine, time_limit
+from edgeloop.runtime.sqlite_files import bound_wal, integrity_problem, quarantine, time_limit
 
 from .collection import SPEC_COLUMNS, SPEC_MARKS, Collection, Spec, check_name, create_tables
 from .errors import ModelVersionMismatch, RetrievalError, UnknownCollection
@@ -63,6 +63,7 @@ class VectorIndex:
         load_sqlite_vec(db)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # the index is rebuildable; the outbox is the durable queue
+        bound_wal(db)
         return db
 
     def _open(self) -> apsw.Connection:

@@ -325,11 +325,16 @@ def _interference(workdir: Path, engine: Any, seconds: float, models: dict[str, 
     from edgeloop.sync.worker import SyncSettings, SyncWorker
     from edgeloop.tools.testing.mosquitto import Mosquitto
 
+    from .sync import receiver_process
+
     loaded = {name: (engine.load(ref), source) for name, (ref, source) in models.items()}
     prepared = {name: (m, m.prepare(source)) for name, (m, source) in loaded.items()}
     # The broker stands for the device-local one of tools/deploy/mosquitto-bridge.conf, run
     # at Nice=10 as that file says (at the default priority: 1.03-1.24x, measured).
     broker = Mosquitto(workdir).start(nice=10)
+    # The regional tier that commits and acknowledges (another machine in the field; here a
+    # process of its own, niced like the broker so that it takes what inference leaves).
+    receiver = receiver_process(str(workdir / "regional.db"), broker.port, "bench-agent-rx", nice=10)
     cap = AgentConfig().drain_per_s  # the agent's default
     backlog = int(cap * seconds * len(models) * rounds / 5000) + 20  # x 5,000 records: more than it drains
     with Outbox(workdir / "busy" / "outbox.db", "bench") as prefill:
@@ -364,6 +369,8 @@ def _interference(workdir: Path, engine: Any, seconds: float, models: dict[str, 
             for name in models:
                 ratios[name].append(busy[name][-1] / alone[name][-1])
     finally:
+        receiver.terminate()
+        receiver.wait(30)
         broker.stop(kill=True)
     if not drained or not indexed:
         raise RuntimeError(f"bench agent: the load did not run (drained {drained}, indexed {indexed})")

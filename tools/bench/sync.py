@@ -5,8 +5,13 @@
   (``enqueue_async``), group-committed by the writer; ``group_commit_ratio`` = group / single.
 - ``enqueue_group_threads_per_s``: the same with 16 threads calling ``enqueue``; each caller
   is an OS thread to wake per record, which bounds it well below the coroutines.
-- ``drain_records_per_s``: a pre-filled outbox drained by the link until every record is
-  acknowledged by the broker and deleted (end to end), timed from the link being online.
+- ``drain_records_per_s``: a pre-filled outbox drained by the link through the broker into a
+  regional receiver on an SQLite store, until every record's commit is acknowledged back and
+  it is deleted from the outbox (end to end), timed from the link being online.
+- ``drain_pg_records_per_s``: the same into a receiver on PostgreSQL (a server the bench starts
+  on loopback, fsync on); ``copy_loop_records_per_s``: a bare psycopg loop COPYing the same rows
+  in the same batches into a table and committing each, in the same run;
+  ``drain_pg_ratio_copy`` = drain / COPY loop.
 - ``paho_qos1_per_s``: a bare paho loop publishing the same records one per message at QoS 1
   (publish, wait for the PUBACK, next), in the same run; ``drain_ratio`` = drain / paho.
   ``paho_qos1_pipelined_per_s`` / ``drain_ratio_pipelined``: the same loop not waiting between
@@ -19,6 +24,8 @@ Bodies are 200 bytes.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -77,16 +84,21 @@ async def _coroutine_rate(box: Any, writers: int, seconds: float) -> float:
     return count[0] / (time.perf_counter() - start)
 
 
-def _drain_rate(workdir: Path, port: int, records: int, name: str = "drain", **link: Any) -> float:
+def _drain_rate(workdir: Path, port: int, records: int, name: str = "drain", store: str | None = None,
+                receiver_port: int | None = None, **link: Any) -> float:
+    """Records/s from a full outbox to an empty one, every record committed by a receiver on
+    ``store`` (default: an SQLite file) and its commit acknowledged back. The receiver is
+    ``edgeloop regional run`` in a process of its own, as the regional tier is another machine."""
     from edgeloop.sync.link import LinkConfig, MqttLink
     from edgeloop.sync.outbox import Outbox
 
+    receiver = receiver_process(store or str(workdir / f"{name}-regional.db"), receiver_port or port, f"bench-{name}")
     with Outbox(workdir / f"{name}.db", "bench") as box:
         for chunk in range(0, records, 5000):
             box.enqueue_many(("s", BODY) for _ in range(min(5000, records - chunk)))
         link = MqttLink(box, LinkConfig("127.0.0.1", port, fleet="bench", device=name, **link))
-        link.start()
         try:
+            link.start()
             while link.stats()["state"] != "online":  # connecting is not draining
                 time.sleep(0.001)
             start = time.perf_counter()
@@ -95,10 +107,29 @@ def _drain_rate(workdir: Path, port: int, records: int, name: str = "drain", **l
             elapsed = time.perf_counter() - start
         finally:
             link.stop()
+            receiver.terminate()
+            receiver.wait(30)
         left = sum(s["rows"] for s in box.stats()["streams"].values())
     if left:
         raise RuntimeError(f"bench sync: {left} records still in the outbox after the drain")
     return records / elapsed
+
+
+def receiver_process(store: str, port: int, client_id: str, fleet: str = "bench", nice: int = 0) -> subprocess.Popen:
+    """``edgeloop regional run`` on ``store``, returned once its subscription is confirmed."""
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgeloop.tools.cli", "regional", "run", "--db", store,
+                             "--broker", f"127.0.0.1:{port}", "--fleet", fleet, "--client-id", client_id],
+                            stdout=subprocess.PIPE, text=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("regional: subscribed"):
+            return proc
+        if line.startswith("regional: not subscribed"):
+            break
+    proc.kill()
+    raise RuntimeError(f"bench sync: the receiver did not subscribe (exit {proc.wait()})")
 
 
 def _drain_over_rtt(workdir: Path, port: int, records: int, rtt_s: float, window: int,
@@ -108,8 +139,9 @@ def _drain_over_rtt(workdir: Path, port: int, records: int, rtt_s: float, window
     from edgeloop.tools.testing.faultproxy import FaultProxy
 
     proxy = FaultProxy(port, rtt_s=rtt_s)
-    try:
-        rate = _drain_rate(workdir, proxy.port, records, "rtt", inflight_window=window, batch_records=per_message)
+    try:  # the device behind the slow link, the receiver beside the broker
+        rate = _drain_rate(workdir, proxy.port, records, "rtt", receiver_port=port, inflight_window=window,
+                           batch_records=per_message)
     finally:
         proxy.close()
     bound = window * per_message / rtt_s
@@ -145,7 +177,49 @@ def _paho_rates(port: int, messages: int) -> dict[str, float]:
     return {"paho_qos1_per_s": round(plain, 1), "paho_qos1_pipelined_per_s": round(pipelined, 1)}
 
 
-def bench_sync(seconds: float = 2.0, records: int = 50_000) -> dict[str, Any]:
+def _copy_loop_rate(url: str, records: int, per_batch: int) -> float:
+    """The bound for a PostgreSQL store: the same rows, pre-built, COPYed ``per_batch`` at a
+    time into a table, one commit each (no MQTT, no decoding, no dedupe)."""
+    import msgpack
+    import psycopg
+
+    body = msgpack.packb(BODY)
+    rows = [(f"copy-{n:012d}", "bench", "e", n + 1, time.time(), "s", None, body, time.time()) for n in range(records)]
+    with psycopg.connect(url) as conn:
+        conn.execute("DROP TABLE IF EXISTS copy_bound")
+        conn.execute("CREATE TABLE copy_bound (id text PRIMARY KEY, device text, epoch text, seq bigint, "
+                     "ts float8, stream text, trace text, body bytea, received float8)")
+        conn.commit()
+        start = time.perf_counter()
+        for chunk in range(0, records, per_batch):
+            with conn.cursor() as cur, cur.copy("COPY copy_bound FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "text", "text", "int8", "float8", "text", "text", "bytea", "float8"])
+                for row in rows[chunk:chunk + per_batch]:
+                    copy.write_row(row)
+            conn.commit()
+        elapsed = time.perf_counter() - start
+        conn.execute("DROP TABLE copy_bound")
+        conn.commit()
+    return records / elapsed
+
+
+def _postgres_rates(workdir: Path, port: int, records: int) -> dict[str, Any]:
+    try:
+        from edgeloop.tools.testing.postgres import Postgres
+
+        server = Postgres().start()
+    except (RuntimeError, OSError, KeyError) as exc:
+        return {"postgres": f"not measured: {exc}"}
+    try:
+        drain = _drain_rate(workdir, port, records, "drain-pg", store=server.url)
+        copy = _copy_loop_rate(server.url, records, per_batch=1000)
+    finally:
+        server.close()
+    return {"drain_pg_records_per_s": round(drain, 1), "copy_loop_records_per_s": round(copy, 1),
+            "drain_pg_ratio_copy": round(drain / copy, 2)}
+
+
+def bench_sync(seconds: float = 2.0, records: int = 50_000, postgres: bool = True) -> dict[str, Any]:
     from edgeloop.tools.testing.mosquitto import Mosquitto
 
     with tempfile.TemporaryDirectory(prefix="edgeloop-bench-sync-") as tmp:
@@ -156,6 +230,8 @@ def bench_sync(seconds: float = 2.0, records: int = 50_000) -> dict[str, Any]:
             result.update(_paho_rates(broker.port, min(records, 20_000)))
             result["drain_records_per_s"] = round(_drain_rate(workdir, broker.port, records), 1)
             result["drain_records"] = records
+            if postgres:
+                result.update(_postgres_rates(workdir, broker.port, records))
             result.update(_drain_over_rtt(workdir, broker.port, min(records, 40_000), 0.05, window=16, per_message=100))
         finally:
             broker.stop(kill=True)

@@ -18,9 +18,11 @@ from .common import broker_flags, broker_from_args
 def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("regional", help="the regional receiver (run until stopped), or its stats")
     p.add_argument("action", nargs="?", choices=("run", "stats"), default="run")
-    p.add_argument("--db", type=Path, required=True, help="the regional database file")
+    p.add_argument("--db", required=True, metavar="FILE|postgresql://…",
+                   help="the regional store: a SQLite file (one site), or a PostgreSQL URL")
     p.add_argument("--share", help="MQTT 5 shared-subscription group, for several receivers (run)")
-    p.add_argument("--client-id", help="a stable id keeps the broker session across restarts (run)")
+    p.add_argument("--client-id", help="the broker session's id (default: from the fleet, --share and the host "
+                                       "name; several receivers on one host need one each) (run)")
     p.add_argument("--json", action="store_true", help="(stats)")
     p.add_argument("--respond", action="append", default=[], metavar="TASK=MODEL",
                    help="also answer the devices' offloaded TASK requests with MODEL (repeatable; run)")
@@ -39,36 +41,46 @@ def register_drain(osub: Any) -> None:
 
 
 def cmd_regional(args: argparse.Namespace) -> int:
-    from edgeloop.sync.receiver import RegionalReceiver, RegionalStore
+    from edgeloop.sync.receiver import RegionalReceiver
+    from edgeloop.sync.store import open_store
 
     from .common import print_json
 
+    is_file = not args.db.startswith(("postgresql://", "postgres://"))
     if args.action == "stats":
-        if not args.db.exists():
+        if is_file and not Path(args.db).exists():
             raise ConfigError(f"--db: {args.db} does not exist", "give the regional database file")
-        store = RegionalStore(args.db)
+        store = open_store(args.db)
         stats = store.stats()
         store.close()
         if args.json:
             print_json(stats)
         else:
             for device, d in sorted(stats["devices"].items()):
-                span = (d["last_seq"] - d["first_seq"] + 1) if d["first_seq"] is not None else 0
-                print(f"{device:<24} records {d['records']:>8}  seq gaps {span - d['records']:>6}  "
-                      f"duplicates dropped {d['duplicates_dropped']}")
-            print(f"malformed payloads kept aside: {stats['malformed']}")
+                print(f"{device:<24} records {d['records']:>8}  seq gaps {d['gaps']:>6}  "
+                      f"duplicates dropped {d['duplicates_dropped']}  spoofed sent {d['spoofed']}")
+                for epoch, e in sorted(d["epochs"].items()) if len(d["epochs"]) > 1 else ():
+                    print(f"    epoch {epoch or '(none)':<18} seq {e['first_seq']}-{e['last_seq']}  gaps {e['gaps']}")
+            print(f"malformed payloads kept aside: {stats['malformed']}; spoofed envelopes kept aside: "
+                  f"{stats['spoofed']}")
         return 0
     if not args.broker:
         raise ConfigError("--broker is required to run the receiver", "add --broker HOST[:PORT]")
     broker = broker_from_args(args)
     responder, engine = _responder(args, broker)
-    store = RegionalStore(args.db)
+    store = open_store(args.db)
     receiver = RegionalReceiver(store, broker, fleet=args.fleet, share=args.share, client_id=args.client_id)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     receiver.start()
-    print(f"regional: receiving {receiver.subscription} from {broker.address} into {args.db}", flush=True)
+    shown = args.db if is_file else args.db.split("@")[-1]  # never a password on the console
+    print(f"regional: receiving {receiver.subscription} from {broker.address} into {shown} "
+          f"(client id {receiver.client_id})", flush=True)
+    if receiver.subscribed.wait(10):
+        print("regional: subscribed", flush=True)
+    else:
+        print(f"regional: not subscribed yet (is the broker at {broker.address} up?); trying on", flush=True)
     if responder is not None:
         responder.start()
         print(f"regional: answering {', '.join(responder.models)} requests", flush=True)
@@ -124,6 +136,11 @@ def cmd_drain(args: argparse.Namespace) -> int:
                 time.sleep(0.05)
         finally:
             link.stop()
-        left = sum(s["rows"] for s in box.stats()["streams"].values())
-    print(f"delivered {link.stats()['delivered_records']} records; {left} left in the outbox")
+        stats = box.stats()
+        left = sum(s["rows"] for s in stats["streams"].values())
+    print(f"delivered {link.stats()['delivered_records']} records (committed at the regional store); "
+          f"{left} left in the outbox")
+    if left and link.published:
+        print(f"the broker took them, but no regional receiver of fleet '{args.fleet}' acknowledged a commit "
+              f"within {args.timeout:.0f} s; they stay in the outbox and go again on the next drain")
     return 0 if left == 0 else 1

@@ -96,6 +96,9 @@ def _human(s: dict[str, Any]) -> str:
     sinks = (s.get("sinks") or {}).get("outbox") or {}
     lines.append(f"    Outbox: {s.get('outbox_rows', '?')} rows, {s.get('outbox_bytes', 0) / 1024:.0f} KB; "
                  f"{sinks.get('pending', 0)} records not yet durable")
+    if s.get("awaiting_commit_s"):
+        lines.append(f"  Regional: {s.get('awaiting_commit', 0)} records sent, no regional commit acknowledged for "
+                     f"{s['awaiting_commit_s']:.0f} s (kept until one is; is a receiver of fleet {s['fleet']} up?)")
     if s.get("mcu"):
         m = s["mcu"]
         lines.append(f"       MCU: {m['state']}, {m['windows']} windows, {m['commands']} commands")

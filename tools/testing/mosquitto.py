@@ -20,9 +20,10 @@ def free_port() -> int:
 class Mosquitto:
     """``Mosquitto(workdir).start()``; ``stop()`` (SIGTERM: it saves its queues) or ``stop(kill=True)``."""
 
-    def __init__(self, workdir: Path, extra: str = "") -> None:
+    def __init__(self, workdir: Path, extra: str = "", autosave_s: int = 1) -> None:
         """``extra``: more configuration appended, e.g. a TLS listener; the plain listener
-        stays anonymous (``per_listener_settings``)."""
+        stays anonymous (``per_listener_settings``). ``autosave_s``: how often the broker saves
+        its queues (1800, Mosquitto's default, is what ``tools/deploy`` ships)."""
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto; `make test` does it)")
@@ -32,7 +33,7 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"per_listener_settings true\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nautosave_interval 1\nmax_inflight_messages 0\n"
+            f"persistence_location {workdir}/\nautosave_interval {autosave_s}\nmax_inflight_messages 0\n"
             "max_queued_messages 0\nlog_dest none\n"
             # Acks are tiny: without this, Nagle holds one back until the peer's delayed ACK.
             "set_tcp_nodelay true\n"

@@ -1,0 +1,135 @@
+"""The regional store on PostgreSQL (psycopg 3), for real deployments
+(``edgeloop regional run --db postgresql://USER@HOST/DB``).
+
+A commit: the batch is staged with one binary ``COPY`` into a temporary table, moved with
+``INSERT … ON CONFLICT (id) DO NOTHING`` (the dedupe), duplicates counted per device, and
+committed; only then does the receiver acknowledge. A lost connection (a server restart)
+raises StoreUnavailable and is reconnected on the next try; the batch is not lost, it is
+simply not acknowledged until a commit holds it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import psycopg
+
+from .store import ROW_FIELDS, Committed, StoreUnavailable, device_stats, sort_messages
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id text PRIMARY KEY, device text NOT NULL, epoch text NOT NULL DEFAULT '', seq bigint NOT NULL,
+    ts double precision NOT NULL, stream text NOT NULL, trace text, body bytea NOT NULL,
+    received double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS records_device_epoch ON records (device, epoch, seq);
+CREATE TABLE IF NOT EXISTS duplicates (device text PRIMARY KEY, count bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS malformed (received double precision NOT NULL, topic text NOT NULL,
+                                      reason text NOT NULL, payload bytea NOT NULL);
+CREATE TABLE IF NOT EXISTS spoofed (received double precision NOT NULL, topic text NOT NULL, sender text NOT NULL,
+                                    claimed text NOT NULL, body bytea NOT NULL);
+"""
+_TYPES = ["text", "text", "text", "int8", "float8", "text", "text", "bytea", "float8"]
+_COLUMNS = ", ".join(ROW_FIELDS)
+
+
+class PostgresStore:
+    """Records by id (the dedupe), duplicates, malformed payloads and spoofed envelopes."""
+
+    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._connection()  # a wrong URL or a server that is not there fails here, at start
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout_s)))
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(4142)")  # receivers starting together make the schema once
+                conn.execute(_SCHEMA)
+            conn.execute(f"CREATE TEMP TABLE staging AS SELECT {_COLUMNS} FROM records WITH NO DATA")
+            conn.commit()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} is not reachable: {exc}".strip(),
+                                   "start the server or fix --db; the receiver tries again") from exc
+        self._conn = conn
+        return conn
+
+    def commit(self, messages: Sequence[tuple[str, bytes]]) -> Committed:
+        intake = sort_messages(messages)
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    dups: dict[str, int] = {}
+                    new = 0
+                    if intake.rows:
+                        with cur.copy(f"COPY staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                            copy.set_types(_TYPES)
+                            for row in intake.rows:
+                                copy.write_row(row)
+                        cur.execute(f"""
+                            WITH added AS (INSERT INTO records ({_COLUMNS}) SELECT {_COLUMNS} FROM staging
+                                           ON CONFLICT (id) DO NOTHING RETURNING device),
+                                 added_by AS (SELECT device, count(*) AS n FROM added GROUP BY device),
+                                 sent_by AS (SELECT device, count(*) AS n FROM staging GROUP BY device)
+                            SELECT s.device, s.n, coalesce(a.n, 0) FROM sent_by s LEFT JOIN added_by a USING (device)""")
+                        for device, sent, added in cur.fetchall():
+                            new += added
+                            if sent > added:
+                                dups[device] = sent - added
+                        cur.execute("TRUNCATE staging")
+                    if dups:
+                        cur.executemany("INSERT INTO duplicates VALUES (%s, %s) ON CONFLICT (device) "
+                                        "DO UPDATE SET count = duplicates.count + excluded.count", list(dups.items()))
+                    if intake.malformed:
+                        cur.executemany("INSERT INTO malformed VALUES (%s, %s, %s, %s)", intake.malformed)
+                    if intake.spoofed:
+                        cur.executemany("INSERT INTO spoofed VALUES (%s, %s, %s, %s, %s)", intake.spoofed)
+            except psycopg.OperationalError as exc:
+                self._drop()
+                raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} failed during a commit: {exc}".strip(),
+                                       "the batch is tried again once the server answers") from exc
+        return Committed(new, sum(dups.values()), len(intake.spoofed), len(intake.malformed), intake.acks)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+        self._conn = None
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            conn = self._connection()
+            rows = conn.execute("SELECT device, epoch, count(*), min(seq), max(seq) FROM records "
+                                "GROUP BY device, epoch").fetchall()
+            duplicates = dict(conn.execute("SELECT device, count FROM duplicates").fetchall())
+            spoofed = dict(conn.execute("SELECT sender, count(*) FROM spoofed GROUP BY sender").fetchall())
+            malformed = conn.execute("SELECT count(*) FROM malformed").fetchone()[0]
+            conn.commit()
+        return {"devices": device_stats(rows, duplicates, spoofed), "malformed": malformed,
+                "spoofed": sum(spoofed.values())}
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            conn = self._connection()
+            ids = {r[0] for r in conn.execute("SELECT id FROM records")}
+            conn.commit()
+            return ids
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.split(':')[0] + '@' if at else ''}{host}"
