@@ -11,7 +11,7 @@ simply not acknowledged until a commit holds it.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import psycopg
 
@@ -104,24 +104,35 @@ class PostgresStore:
                 pass
         self._conn = None
 
-    def stats(self) -> dict[str, Any]:
+    def _read(self, query: Callable[[psycopg.Connection], Any]) -> Any:
+        """A read; a connection the server dropped (a restart) is made again once."""
         with self._lock:
-            conn = self._connection()
+            for attempt in (1, 2):
+                conn = self._connection()
+                try:
+                    result = query(conn)
+                    conn.commit()
+                    return result
+                except psycopg.OperationalError as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} failed a read: {exc}".strip(),
+                                               "start the server, then ask again") from exc
+
+    def stats(self) -> dict[str, Any]:
+        def query(conn: psycopg.Connection) -> dict[str, Any]:
             rows = conn.execute("SELECT device, epoch, count(*), min(seq), max(seq) FROM records "
                                 "GROUP BY device, epoch").fetchall()
             duplicates = dict(conn.execute("SELECT device, count FROM duplicates").fetchall())
             spoofed = dict(conn.execute("SELECT sender, count(*) FROM spoofed GROUP BY sender").fetchall())
             malformed = conn.execute("SELECT count(*) FROM malformed").fetchone()[0]
-            conn.commit()
-        return {"devices": device_stats(rows, duplicates, spoofed), "malformed": malformed,
-                "spoofed": sum(spoofed.values())}
+            return {"devices": device_stats(rows, duplicates, spoofed), "malformed": malformed,
+                    "spoofed": sum(spoofed.values())}
+
+        return self._read(query)
 
     def ids(self) -> set[str]:
-        with self._lock:
-            conn = self._connection()
-            ids = {r[0] for r in conn.execute("SELECT id FROM records")}
-            conn.commit()
-            return ids
+        return self._read(lambda conn: {r[0] for r in conn.execute("SELECT id FROM records")})
 
     def close(self) -> None:
         with self._lock:

@@ -50,7 +50,7 @@ def _damage(path: Path, rng: random.Random) -> None:
 
 def test_a_sweep_of_damaged_outboxes_keeps_what_a_lookup_can_read_and_never_reuses_a_seq(tmp_path):
     rng = random.Random(1234)
-    oracle_total = kept_total = 0
+    oracle_total = kept_total = named_lost = truly_lost = 0
     for n in range(FILES):
         path = tmp_path / f"o{n}.db"
         with Outbox(path, "d") as box:
@@ -73,14 +73,18 @@ def test_a_sweep_of_damaged_outboxes_keeps_what_a_lookup_can_read_and_never_reus
             if box.salvage is not None:
                 assert box.epoch != epoch and box.salvage["old_epoch"] == epoch
                 assert box.salvage["salvaged"] == len(kept)
-                # The loss named is of records known to have existed and not kept.
-                assert box.salvage["lost"] <= len(ids) - len(gone) - len(kept)
+                named_lost += box.salvage["lost"]
+                truly_lost += len(ids) - len(gone) - len(kept)
                 assert all(r.get("epoch") == epoch for r in box.next_batch(max_records=10_000, live_share=0)
                            if r["seq"] <= top)
         oracle_total += len(oracle)
         kept_total += len(set(kept) & set(oracle))
-    print(f"salvage sweep: {FILES} files, {kept_total} of {oracle_total} readable rows kept")
+    print(f"salvage sweep: {FILES} files, {kept_total} of {oracle_total} readable rows kept; "
+          f"{named_lost} named lost of {truly_lost} lost")
     assert kept_total >= 0.99 * oracle_total
+    # The loss named is what the table and its indexes say existed and was not kept: within a
+    # few records of the truth (a damaged page can name a seq that was deleted, or hide one).
+    assert abs(named_lost - truly_lost) <= max(5, 0.05 * truly_lost), (named_lost, truly_lost)
 
 
 def test_the_index_wal_stays_bounded_on_a_2_mb_disk(tmp_path):

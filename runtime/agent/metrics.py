@@ -175,8 +175,19 @@ class AgentCollector:
             link.add_metric([s], float(s == state))
         yield link
         if sync is not None and sync["link"] is not None:
-            yield CounterMetricFamily("edgeloop_link_delivered_records", "records the broker acknowledged",
-                                      value=sync["link"]["delivered_records"])
+            link_stats = sync["link"]
+            yield CounterMetricFamily("edgeloop_link_delivered_records",
+                                      "records the regional store acknowledged as committed (then deleted)",
+                                      value=link_stats["delivered_records"])
+            yield GaugeMetricFamily("edgeloop_link_awaiting_commit_records",
+                                    "records the broker took that await the regional commit ack",
+                                    value=link_stats.get("awaiting_commit", 0))
+            yield GaugeMetricFamily("edgeloop_link_awaiting_commit_seconds",
+                                    "how long records have waited with no regional commit acknowledged",
+                                    value=sync.get("awaiting_commit_s", 0.0))
+            yield CounterMetricFamily("edgeloop_link_resent_records",
+                                      "records sent again because their commit did not come in time",
+                                      value=link_stats.get("resent_records", 0))
 
     def _ladders(self) -> Iterator[Metric]:
         part = self.agent.camera
