@@ -86,7 +86,7 @@ class MqttLink:
         self.published = 0  # messages the broker acknowledged
         self.delivered = 0  # records the regional store acknowledged (committed)
         self.acks = 0  # commit acks taken
-        self.bad_acks = 0  # malformed, or for another epoch
+        self.bad_acks = 0  # malformed acks, ignored
         self._committed: dict[str, list[int]] = {}  # epoch -> seqs named by commit acks, not yet deleted
         self._puback_seqs: list[int] = []  # the broker has them, not yet marked sent
         self._timeout_s = config.commit_timeout_s
