@@ -68,8 +68,8 @@ def decode_ack(data: bytes, max_span: int = 1_000_000) -> CommitAck:
     out, span = [], 0
     for r in doc["ranges"]:
         if (not isinstance(r, list) or len(r) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)
-                or not 0 < r[0] <= r[1]):
-            raise MalformedAck(f"ack range {r!r} is not [lo, hi] with 0 < lo <= hi", "check the regional receiver")
+                or not 0 <= r[0] <= r[1]):
+            raise MalformedAck(f"ack range {r!r} is not [lo, hi] with 0 <= lo <= hi", "check the regional receiver")
         span += r[1] - r[0] + 1
         if span > max_span:
             raise MalformedAck(f"ack names more than {max_span} seqs", "check the regional receiver")

@@ -10,6 +10,7 @@ fields are tolerated; sizes are limited on both sides.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -76,11 +77,19 @@ def encode_batch(device: str, records: Iterable[Mapping[str, Any]]) -> bytes:
     return b"".join(parts)
 
 
+MAX_SEQ = (1 << 63) - 1  # a signed 64-bit integer in every store
+
+
 def _field(env: Mapping[str, Any], key: str, kind: type | tuple[type, ...], n: int) -> Any:
     value = env.get(key)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise MalformedEnvelope(f"envelope {n}: field '{key}' is {type(value).__name__}, expected "
                                 f"{kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)}",
+                                "the sender is not an edgeloop device of this version")
+    # What every store can hold: no NUL in text (PostgreSQL refuses it), a 64-bit seq, a finite time.
+    if (isinstance(value, str) and "\0" in value) or (key == "seq" and not 0 <= value <= MAX_SEQ) \
+            or (key == "ts" and not math.isfinite(value)):
+        raise MalformedEnvelope(f"envelope {n}: field '{key}' is out of range ({value!r:.40})",
                                 "the sender is not an edgeloop device of this version")
     return value
 
@@ -106,11 +115,12 @@ def decode_batch(data: bytes, max_bytes: int = MAX_BATCH_BYTES,
         if "body" not in env:
             raise MalformedEnvelope(f"envelope {n}: field 'body' is missing", "check the sender")
         trace, epoch = env.get("trace"), env.get("epoch")
+        trace = _field(env, "trace", str, n) if isinstance(trace, str) else None
+        epoch = _field(env, "epoch", str, n) if isinstance(epoch, str) else None
         out.append(Envelope(
             device=_field(env, "device", str, n), seq=_field(env, "seq", int, n), id=_field(env, "id", str, n),
             ts=float(_field(env, "ts", (int, float), n)), stream=_field(env, "stream", str, n),
-            trace=trace if isinstance(trace, str) else None, body=env["body"],
-            v=_field(env, "v", int, n), epoch=epoch if isinstance(epoch, str) else None))
+            trace=trace, body=env["body"], v=_field(env, "v", int, n), epoch=epoch))
     return out
 
 
@@ -135,9 +145,13 @@ def decode_fields(data: bytes) -> list[tuple[Any, ...]]:
         except KeyError:
             break
         if type(device) is not str or type(seq) is not int or type(rid) is not str or type(stream) is not str \
-                or type(v) is not int or (type(ts) is not float and type(ts) is not int):
+                or type(v) is not int or (type(ts) is not float and type(ts) is not int) \
+                or not 0 <= seq <= MAX_SEQ or not math.isfinite(ts):
             break
         trace, epoch = env.get("trace"), env.get("epoch")
+        if "\0" in device or "\0" in rid or "\0" in stream or (type(trace) is str and "\0" in trace) \
+                or (type(epoch) is str and "\0" in epoch):
+            break
         out.append((device, epoch if type(epoch) is str else None, seq, rid, float(ts), stream,
                     trace if type(trace) is str else None, body))
     else:

@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from .acks import encode_ack
 from .mqtt_client import BrokerConfig, Guard, make_client
-from .store import Store, StoreUnavailable
+from .store import Committed, Store, StoreUnavailable
 from .topics import DEFAULT_FLEET, topic
 
 log = logging.getLogger("edgeloop.regional")
@@ -147,7 +147,7 @@ class RegionalReceiver:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MESSAGES))]
             while True:
                 try:
-                    committed = self.store.commit([(m.topic, m.payload) for m in batch])
+                    committed = self._commit(batch)
                     backoff = 0.2
                     break
                 except StoreUnavailable as exc:
@@ -174,6 +174,35 @@ class RegionalReceiver:
                             committed.spoofed)
             if committed.malformed:
                 log.warning("regional: %d malformed payload(s) kept aside", committed.malformed)
+
+    def _commit(self, batch: list[mqtt.MQTTMessage]) -> Committed:
+        """One transaction for the batch. A batch the store refuses for a reason other than being
+        down is committed a message at a time, and a message refused alone is kept aside: one
+        hostile message must neither stop this thread nor hold back the others."""
+        try:
+            return self.store.commit([(m.topic, m.payload) for m in batch])
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            log.exception("regional: the store refused a batch (%s); committing its messages one by one", exc)
+        total = Committed(0, 0, 0, 0, {})
+        for m in batch:
+            try:
+                one = self.store.commit([(m.topic, m.payload)])
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                self.store.keep_aside(m.topic, m.payload, f"the store refused it: {type(exc).__name__}: {exc}")
+                total.malformed += 1
+                continue
+            total.new += one.new
+            total.duplicates += one.duplicates
+            total.spoofed += one.spoofed
+            total.malformed += one.malformed
+            for key, epochs in one.acks.items():
+                for epoch, seqs in epochs.items():
+                    total.acks.setdefault(key, {}).setdefault(epoch, []).extend(seqs)
+        return total
 
     def other_fleets_online(self) -> dict[str, int]:
         """Fleets other than ours with devices online (by their retained status)."""

@@ -87,6 +87,9 @@ class Store(Protocol):
     def commit(self, messages: Sequence[tuple[str, bytes]]) -> Committed:
         """Store a batch of messages in one transaction; StoreUnavailable when it cannot."""
 
+    def keep_aside(self, topic: str, payload: bytes, reason: str) -> None:
+        """Keep a message that no commit could take with the malformed ones."""
+
     def stats(self) -> dict[str, Any]: ...
 
     def ids(self) -> set[str]: ...

@@ -11,6 +11,7 @@ simply not acknowledged until a commit holds it.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import psycopg
@@ -29,7 +30,7 @@ CREATE TABLE IF NOT EXISTS malformed (received double precision NOT NULL, topic 
 CREATE TABLE IF NOT EXISTS spoofed (received double precision NOT NULL, topic text NOT NULL, sender text NOT NULL,
                                     claimed text NOT NULL, body bytea NOT NULL);
 """
-_TYPES = ["text", "text", "text", "int8", "float8", "text", "text", "bytea", "float8"]
+ROW_TYPES = ["text", "text", "text", "int8", "float8", "text", "text", "bytea", "float8"]
 _COLUMNS = ", ".join(ROW_FIELDS)
 
 
@@ -69,7 +70,7 @@ class PostgresStore:
                     new = 0
                     if intake.rows:
                         with cur.copy(f"COPY staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                            copy.set_types(_TYPES)
+                            copy.set_types(ROW_TYPES)
                             for row in intake.rows:
                                 copy.write_row(row)
                         cur.execute(f"""
@@ -95,6 +96,18 @@ class PostgresStore:
                 raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} failed during a commit: {exc}".strip(),
                                        "the batch is tried again once the server answers") from exc
         return Committed(new, sum(dups.values()), len(intake.spoofed), len(intake.malformed), intake.acks)
+
+    def keep_aside(self, topic: str, payload: bytes, reason: str) -> None:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    conn.execute("INSERT INTO malformed VALUES (%s, %s, %s, %s)",
+                                 (time.time(), topic.replace("\0", "?"), reason.replace("\0", "?"), bytes(payload)))
+            except psycopg.OperationalError as exc:
+                self._drop()
+                raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} failed: {exc}".strip(),
+                                       "the message is tried again once the server answers") from exc
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -66,6 +67,10 @@ class SqliteStore:
             raise StoreUnavailable(f"the regional database {self.path} cannot commit: {exc}",
                                    "free disk space or end what holds the file locked; the batch is tried again") from exc
         return Committed(new, sum(dups.values()), len(intake.spoofed), len(intake.malformed), intake.acks)
+
+    def keep_aside(self, topic: str, payload: bytes, reason: str) -> None:
+        with self._lock, self.db:
+            self.db.execute("INSERT INTO malformed VALUES (?,?,?,?)", (time.time(), topic, reason, bytes(payload)))
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

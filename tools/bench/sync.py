@@ -183,6 +183,8 @@ def _copy_loop_rate(url: str, records: int, per_batch: int) -> float:
     import msgpack
     import psycopg
 
+    from edgeloop.sync.store_postgres import ROW_TYPES
+
     body = msgpack.packb(BODY)
     rows = [(f"copy-{n:012d}", "bench", "e", n + 1, time.time(), "s", None, body, time.time()) for n in range(records)]
     with psycopg.connect(url) as conn:
@@ -193,7 +195,7 @@ def _copy_loop_rate(url: str, records: int, per_batch: int) -> float:
         start = time.perf_counter()
         for chunk in range(0, records, per_batch):
             with conn.cursor() as cur, cur.copy("COPY copy_bound FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "text", "text", "int8", "float8", "text", "text", "bytea", "float8"])
+                copy.set_types(ROW_TYPES)
                 for row in rows[chunk:chunk + per_batch]:
                     copy.write_row(row)
             conn.commit()
