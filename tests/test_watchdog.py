@@ -74,11 +74,21 @@ def test_a_hang_is_served_by_the_next_rung_within_twice_the_deadline(models, cat
 
 def test_a_slowdown_steps_down_within_one_window_and_health_steps_back_up_within_10_s(models, cat):
     big, _ = models
-    ladder = make_ladder(models, deadline_s=0.1, slo_p95_s=0.03)
+    probe = make_ladder(models)
+    try:
+        own = [probe.serve(cat).latency_ms / 1000 for _ in range(20)]
+    finally:
+        probe.close()
+    # 30 ms, or more where this machine is slow: recovery wants every probe of the healed model
+    # within the SLO for 2 s, so an SLO near the model's own p95 on a loaded machine resets that
+    # clock on noise, and the test would measure the machine instead of the ladder.
+    slo = max(0.03, 3 * float(np.percentile(own, 95)))
+    print(f"\nthe top rung's own p95 here: {np.percentile(own, 95) * 1000:.1f} ms; SLO {slo * 1000:.0f} ms")
+    ladder = make_ladder(models, deadline_s=max(0.1, 3 * slo), slo_p95_s=slo)
     try:
         for _ in range(10):
             ladder.serve(cat)
-        big.slow(0.03)  # still answers within the deadline, but p95 breaks the 30 ms SLO
+        big.slow(slo)  # still answers within the deadline, but p95 breaks the SLO
         start = time.monotonic()
         while ladder.stats()["rung"] == "cpu" and time.monotonic() - start < 3:
             ladder.serve(cat)
