@@ -50,6 +50,8 @@ mosquitto:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql)
+	@command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server)
 
 test-main: $(VENV)/.installed mosquitto
 	EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest
@@ -70,11 +72,11 @@ bench: compile $(TFLITE_VENV)/.installed
 # Long runs of the same fault tests: more kills, more corruption trials, more fuzzing.
 soak: $(VENV)/.installed mosquitto
 	EDGELOOP_SOAK_KILLS=100 EDGELOOP_SALVAGE_FILES=500 EDGELOOP_FUZZ_EXAMPLES=3000 EDGELOOP_LINK_CUT_S=60 EDGELOOP_SOAK_CRASH_STEP=1 \
-		EDGELOOP_INDEX_KILLS=100 EDGELOOP_SERIAL_FRAMES=1000000 \
+		EDGELOOP_INDEX_KILLS=100 EDGELOOP_SERIAL_FRAMES=1000000 EDGELOOP_NATS_KILLS=3 \
 		EDGELOOP_TEST_BACKENDS=litert $(BIN)/python -m pytest tests/test_outbox_kills.py tests/test_kernels_fuzz.py \
 		tests/test_outbox.py tests/test_sync_broker.py tests/test_link_cut.py tests/test_crash_points.py \
 		tests/test_kill_storm_broker.py tests/test_index_kills.py tests/test_framing.py tests/test_end_to_end.py \
-		tests/test_salvage.py
+		tests/test_salvage.py tests/test_broker_cluster.py
 
 # Hardware-in-the-loop: runs on a rig, skips (with the reason) what the device lacks.
 hil: $(VENV)/.installed

@@ -47,6 +47,7 @@ def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> floa
 class LinkConfig:
     host: str
     port: int = 1883
+    fallbacks: tuple[tuple[str, int], ...] = ()  # the other nodes of a broker cluster, tried in turn
     fleet: str = DEFAULT_FLEET
     device: str = "device"
     protocol: str = "5"  # "5", or "3.1.1"; a broker that refuses 5 is retried with 3.1.1
@@ -68,12 +69,13 @@ class LinkConfig:
     max_awaiting: int = 50_000  # records the broker has that may wait for their commit at once
 
     def __repr__(self) -> str:  # never a password in a log line
-        return f"LinkConfig({self.host}:{self.port}, {self.fleet}/{self.device})"
+        return f"LinkConfig({self.broker.address}, {self.fleet}/{self.device})"
 
     @property
     def broker(self) -> BrokerConfig:
         return BrokerConfig(self.host, self.port, self.protocol, self.username, self.password, self.ca_file,
-                            self.cert_file, self.key_file, self.keepalive_s, self.backoff_min_s, self.backoff_max_s)
+                            self.cert_file, self.key_file, self.keepalive_s, self.backoff_min_s, self.backoff_max_s,
+                            self.fallbacks)
 
 
 class MqttLink:
@@ -143,7 +145,8 @@ class MqttLink:
     def _fall_back_to_311(self) -> None:
         """The broker refused MQTT 5: a new paho client speaking 3.1.1 (paho fixes the protocol
         when a client is made). On the drain thread: paho's own thread cannot stop itself."""
-        log.warning("link: %s:%d refused MQTT 5; reconnecting with MQTT 3.1.1", self.config.host, self.config.port)
+        log.warning("link: %s:%d refused MQTT 5; reconnecting with MQTT 3.1.1", self._client.host,
+                    self._client.port)
         self._client.loop_stop()
         self._protocol = mqtt.MQTTv311
         self._client = self._make_client()
@@ -195,7 +198,7 @@ class MqttLink:
         with self._wake:
             self.state = ONLINE
             self._wake.notify_all()
-        log.info("link: online to %s:%d", c.host, c.port)
+        log.info("link: online to %s:%d", client.host, client.port)
 
     def _back_off(self) -> None:
         """Before paho's next reconnect: the wait for it (paho's own backoff has no jitter)."""

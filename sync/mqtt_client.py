@@ -10,6 +10,7 @@ alive. ``guard`` logs it, counts it in ``Guard.errors`` and goes on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import ssl
@@ -37,23 +38,52 @@ class BrokerConfig:
     keepalive_s: int = 30
     backoff_min_s: float = 0.2
     backoff_max_s: float = 30.0
+    fallbacks: tuple[tuple[str, int], ...] = ()  # the other nodes of a broker cluster, tried in turn
 
     def __repr__(self) -> str:  # never a password in a log line
-        return f"BrokerConfig({self.host}:{self.port}, mqtt {self.protocol}, tls {'on' if self.ca_file else 'off'})"
+        return f"BrokerConfig({self.address}, mqtt {self.protocol}, tls {'on' if self.ca_file else 'off'})"
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        return ((self.host, self.port), *self.fallbacks)
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ",".join(f"{h}:{p}" for h, p in self.addresses)
 
 
-def parse_broker(text: str, key: str = "--broker") -> tuple[str, int]:
-    """``HOST`` or ``HOST:PORT`` (1883 when no port is given)."""
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, "1883"
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
-        raise ConfigError(f"{key}: '{text}' is not HOST or HOST:PORT", f"for example {key} 127.0.0.1:1883")
-    return host, int(port)
+def parse_brokers(text: str, key: str = "--broker") -> list[tuple[str, int]]:
+    """``HOST[:PORT]``, or several separated by commas (the nodes of one broker cluster); 1883
+    when no port is given."""
+    addresses = []
+    for part in text.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep:
+            host, port = part.strip(), "1883"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+            raise ConfigError(f"{key}: '{text}' is not HOST[:PORT] or a comma-separated list of them",
+                              f"for example {key} 127.0.0.1:1883 or {key} node1:1883,node2:1883")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def parse_broker(text: str, key: str = "--broker") -> tuple[str, int, tuple[tuple[str, int], ...]]:
+    """The first address of ``text`` and the others (see ``parse_brokers``)."""
+    (host, port), *others = parse_brokers(text, key)
+    return host, port, tuple(others)
+
+
+def _next_node(addresses: tuple[tuple[str, int], ...]) -> Callable[[mqtt.Client, Any], None]:
+    """paho's pre-connect callback that takes the next node for every connection attempt after
+    the first: a node that died is left for the next one, and any node of a cluster will do."""
+    turn = itertools.count()
+
+    def pre_connect(client: mqtt.Client, userdata: Any) -> None:
+        host, port = addresses[next(turn) % len(addresses)]
+        # paho's host/port setters refuse while it is connecting, which is when it calls this.
+        client._host, client._port = host, port
+
+    return pre_connect
 
 
 class Guard:
@@ -103,5 +133,7 @@ def make_client(broker: BrokerConfig, client_id: str, *, protocol: str | None = 
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     client.on_socket_open = _nodelay
+    if broker.fallbacks:
+        client.on_pre_connect = _next_node(broker.addresses)
     return client
 

@@ -60,14 +60,10 @@ class RegionalReceiver:
         pattern = topic(fleet, "+", "data/#")
         self.subscription = f"$share/{share}/{pattern}" if share else pattern
         self.client_id = client_id or default_client_id(fleet, share)
-        # Manual acknowledgement: PUBACK only once the records are committed.
         self.guard = Guard("receiver")
-        self.client = make_client(broker, self.client_id, protocol="5", manual_ack=True)
-        self.client.on_connect = self.guard(self._on_connect)
-        self.client.on_disconnect = self.guard(self._on_disconnect)
-        self.client.on_message = self.guard(self._on_message)
-        self.client.on_subscribe = self.guard(self._on_subscribe)
-        self.client.reconnect_delay_set(0.2, 10)
+        self.protocol = broker.protocol
+        self._refused_mqtt5 = False
+        self.client = self._make_client()
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # the broker confirmed the data subscription (SUBACK)
         self._data_mid: int | None = None
@@ -83,11 +79,47 @@ class RegionalReceiver:
         self._next_fleet_check = 0.0
         self._thread = threading.Thread(target=self._store_loop, name="regional-store", daemon=True)
 
+    def _make_client(self) -> mqtt.Client:
+        # Manual acknowledgement: PUBACK only once the records are committed.
+        client = make_client(self.broker, self.client_id, protocol=self.protocol, manual_ack=True, persistent=True)
+        client.on_connect = self.guard(self._on_connect)
+        client.on_disconnect = self.guard(self._on_disconnect)
+        client.on_message = self.guard(self._on_message)
+        client.on_subscribe = self.guard(self._on_subscribe)
+        client.reconnect_delay_set(0.2, 10)
+        return client
+
+    def _connect(self) -> None:
+        if self.protocol == "5":
+            # The session (and what the broker queues for it) outlives a restart of this receiver.
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 24 * 3600
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
+            self.client.connect_async(self.broker.host, self.broker.port, 30, clean_start=False,
+                                      properties=properties)
+        else:  # 3.1.1: clean_session off keeps the session; the broker bounds what is in flight
+            self.client.connect_async(self.broker.host, self.broker.port, 30)
+        self.client.loop_start()
+
+    def _fall_back_to_311(self) -> None:
+        """On the store thread: paho's own thread cannot stop itself, and paho fixes the protocol
+        when a client is made."""
+        log.warning("regional: %s refused MQTT 5; reconnecting with MQTT 3.1.1 (no shared subscriptions there)",
+                    self.broker.address)
+        self.client.loop_stop()
+        self.protocol = "3.1.1"
+        self.client = self._make_client()
+        self._connect()
+
     # -- paho's thread -------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.warning("regional: broker refused the connection: %s", reason)
+            if self.protocol == "5" and "protocol" in str(reason).lower():
+                with self._cond:
+                    self._refused_mqtt5 = True
+                    self._cond.notify()
             return
         self._data_mid = client.subscribe(self.subscription, qos=1)[1]
         client.subscribe(topic("+", "+", "status"), qos=0)
@@ -137,11 +169,16 @@ class RegionalReceiver:
         backoff = 0.2
         while True:
             with self._cond:
-                while self._running and not self._queue:
+                while self._running and not self._queue and not self._refused_mqtt5:
                     self._cond.wait(1.0)
                     self._check_fleet()
                 if not self._running:
                     return
+                refused, self._refused_mqtt5 = self._refused_mqtt5, False
+            if refused:
+                self._fall_back_to_311()
+                continue
+            with self._cond:
                 if len(self._queue) < BATCH_MESSAGES:
                     self._cond.wait(GATHER_S)
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), BATCH_MESSAGES))]
@@ -227,16 +264,11 @@ class RegionalReceiver:
                 "other_fleets_online": self.other_fleets_online(), "callback_errors": self.guard.errors}
 
     def start(self) -> None:
-        # The session (and what the broker queues for it) outlives a restart of this receiver.
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 24 * 3600
-        properties.ReceiveMaximum = RECEIVE_MAXIMUM
         self._running = True
         self._started = time.monotonic()
         self._next_fleet_check = self._started + self.wrong_fleet_after_s
         self._thread.start()
-        self.client.connect_async(self.broker.host, self.broker.port, 30, clean_start=False, properties=properties)
-        self.client.loop_start()
+        self._connect()
 
     def stop(self) -> None:
         """Commit and acknowledge what was taken, then disconnect."""

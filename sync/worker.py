@@ -133,9 +133,9 @@ class _Server:
             from edgeloop.sync.link import LinkConfig, MqttLink
             from edgeloop.sync.mqtt_client import parse_broker
 
-            host, port = parse_broker(settings.broker)
+            host, port, fallbacks = parse_broker(settings.broker)
             self.link = MqttLink(self.outbox, LinkConfig(
-                host, port, fleet=settings.fleet, device=settings.device, max_records_per_s=settings.drain_per_s,
+                host, port, fallbacks=fallbacks, fleet=settings.fleet, device=settings.device, max_records_per_s=settings.drain_per_s,
                 protocol=settings.protocol, username=settings.username, password=settings.password,
                 ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file))
             self.link.start()

@@ -282,3 +282,37 @@ def test_released_records_are_sent_again_before_newer_ones(tmp_path):
         assert [r["seq"] for r in again] == [d.seq for d in done[5:10] + done[20:25]]
         box.release()  # disconnect: everything in flight goes back
         assert [r["seq"] for r in box.next_batch(max_records=30, live_share=0)] == [d.seq for d in done]
+
+
+def test_a_commit_ack_deletes_without_the_fsync_and_the_file_stays_durable(tmp_path):
+    """The delete on a commit ack runs at synchronous=NORMAL (a lost delete only resends);
+    every other commit is back at FULL."""
+    with Outbox(tmp_path / "o.db", "dev") as box:
+        box.enqueue_many(("s", {"n": n}) for n in range(10))
+        seqs = [r["seq"] for r in box.next_batch()]
+        box.mark_sent(seqs)
+        assert box.ack(seqs) == 10
+        assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+
+
+def test_an_ack_whose_transaction_fails_leaves_the_records_in_flight(tmp_path, monkeypatch):
+    """The in-flight state changes only once the delete commits (it is no longer copied per
+    transaction): a delete that rolls back leaves every record awaiting its commit."""
+    with Outbox(tmp_path / "o.db", "dev") as box:
+        box.enqueue_many(("s", {"n": n}) for n in range(20))
+        seqs = [r["seq"] for r in box.next_batch()]
+        box.mark_sent(seqs)
+        real = box._delete_seqs
+
+        def delete_then_fail(*args, **kwargs):
+            real(*args, **kwargs)
+            raise apsw.IOError("injected")
+
+        monkeypatch.setattr(box, "_delete_seqs", delete_then_fail)
+        with pytest.raises(apsw.IOError):
+            box.ack(seqs)
+        monkeypatch.undo()
+        stats = box.stats()
+        assert stats["awaiting_commit"] == 20 and stats["inflight"] == 20
+        assert sum(s["rows"] for s in stats["streams"].values()) == 20
+        assert box.ack(seqs) == 20 and box.stats()["inflight"] == 0

@@ -81,7 +81,7 @@ def broker_of(config: AgentConfig) -> BrokerConfig | None:
         return None
     from edgeloop.sync.mqtt_client import BrokerConfig, parse_broker
 
-    host, port = parse_broker(config.broker, "broker")
+    host, port, fallbacks = parse_broker(config.broker, "broker")
     m = config.mqtt
     password = None
     if m.password_file:
@@ -89,7 +89,7 @@ def broker_of(config: AgentConfig) -> BrokerConfig | None:
 
         password = Path(m.password_file).expanduser().read_text().strip()
     return BrokerConfig(host, port, m.protocol, m.username or None, password, m.ca_file or None, m.cert_file or None,
-                        m.key_file or None)
+                        m.key_file or None, fallbacks=fallbacks)
 
 
 class Agent:

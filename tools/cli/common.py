@@ -66,7 +66,8 @@ def broker_flags(parser: argparse.ArgumentParser, required: bool = False) -> Non
     from edgeloop.sync.topics import DEFAULT_FLEET
 
     g = parser.add_argument_group("broker")
-    g.add_argument("--broker", required=required, help="HOST[:PORT] (1883 when no port is given)")
+    g.add_argument("--broker", required=required, help="HOST[:PORT] (1883 when no port is given), or several, comma-separated: "
+                   "the nodes of a broker cluster, tried in turn")
     g.add_argument("--fleet", default=DEFAULT_FLEET, help=f"the fleet's topic level (default {DEFAULT_FLEET}, "
                    "as the agent's)")
     g.add_argument("--ca-file", help="TLS: the CA the broker's certificate must chain to")
@@ -84,7 +85,7 @@ def broker_from_args(args: argparse.Namespace) -> Any:
     from edgeloop.sync.topics import check_name
 
     check_name("--fleet", args.fleet)
-    host, port = parse_broker(args.broker)
+    host, port, fallbacks = parse_broker(args.broker)
     password = None
     if args.password_file:
         try:
@@ -93,4 +94,4 @@ def broker_from_args(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--password-file: cannot read {args.password_file} ({exc})",
                               "give a readable file holding the password") from exc
     return BrokerConfig(host, port, username=args.username, password=password, ca_file=args.ca_file,
-                        cert_file=args.cert_file, key_file=args.key_file)
+                        cert_file=args.cert_file, key_file=args.key_file, fallbacks=fallbacks)
