@@ -68,12 +68,19 @@ def encode_batch(device: str, records: Iterable[Mapping[str, Any]]) -> bytes:
     # entries (packed as one small map whose own header is cut off), then the body as it is.
     head = packer.pack_map_header(len(FIELDS)) + packer.pack("v") + packer.pack(VERSION) \
         + packer.pack("device") + packer.pack(device)
-    body_key = packer.pack("body")
+    pack = packer.pack
+    body_key, seq_key, id_key, ts_key = pack("body"), pack("seq"), pack("id"), pack("ts")
     parts = [packer.pack_array_header(len(rows))]
+    # The per-record entries, in the order epoch, seq, id, ts, stream, trace; epoch, stream and
+    # trace are nearly always the same across a batch, so their bytes are packed once each.
+    same: dict[tuple[Any, str, Any], tuple[bytes, bytes]] = {}
     for r in rows:
-        entries = packer.pack({"epoch": r.get("epoch"), "seq": r["seq"], "id": r["id"], "ts": r["ts"],
-                               "stream": r["stream"], "trace": r["trace"]})
-        parts += (head, entries[1:], body_key, r["body"])  # a 6-entry map's header is one byte
+        key = (r.get("epoch"), r["stream"], r["trace"])
+        ends = same.get(key)
+        if ends is None:
+            ends = same[key] = (head + pack("epoch") + pack(key[0]),
+                                pack("stream") + pack(key[1]) + pack("trace") + pack(key[2]) + body_key)
+        parts += (ends[0], seq_key, pack(r["seq"]), id_key, pack(r["id"]), ts_key, pack(r["ts"]), ends[1], r["body"])
     return b"".join(parts)
 
 

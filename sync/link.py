@@ -35,6 +35,10 @@ from .topics import DEFAULT_FLEET, topic
 log = logging.getLogger("edgeloop.link")
 
 OFFLINE, CONNECTING, ONLINE = "offline", "connecting", "online"
+# The longest the drain waits before looking at the outbox on its own: new records wake it at
+# once (Outbox.on_stored), so this only bounds records released for a resend or written by
+# another process.
+IDLE_MAX_S = 1.0
 
 
 def backoff_s(attempt: int, low: float, high: float, rng: random.Random) -> float:
@@ -97,6 +101,7 @@ class MqttLink:
         self._early: set[int] = set()  # mids acknowledged before they were recorded
         self._acked_messages = 0
         self._refused_mqtt5 = False
+        self._fresh = False  # the outbox stored new records since the drain last looked
         self._attempt = 0  # failed connections since the last success
         self._rng = random.Random()
         self._lock = threading.Lock()
@@ -128,6 +133,7 @@ class MqttLink:
 
     def start(self) -> None:
         self._running = True
+        self.outbox.on_stored(self._records_stored)
         self.state = CONNECTING
         self._connect()
         self._drainer.start()
@@ -281,20 +287,27 @@ class MqttLink:
 
     # -- draining ---------------------------------------------------------------------------
 
+    def _records_stored(self) -> None:
+        """The outbox committed new records (its writer thread): wake the drain."""
+        with self._wake:
+            self._fresh = True
+            self._wake.notify_all()
+
     def _drain_loop(self) -> None:
         idle = 0.0  # how long to wait for new records when the outbox had none
         while self._running:
             with self._wake:
-                # Woken by acks (to delete), by room in the window, or after `idle` to look
-                # for new records.
+                # Woken by new records, by acks (to delete), by room in the window, or after
+                # `idle` to look anyway (records released for a resend, or another writer's).
                 deadline = time.monotonic() + (idle or 0.5)
                 while self._running and not self._puback_seqs and not self._committed and not self._refused_mqtt5 \
-                        and not (self._can_send() and not idle):
+                        and not (self._can_send() and (not idle or self._fresh)):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
                 refused, self._refused_mqtt5 = self._refused_mqtt5, False
+                self._fresh = False
             if refused and self._running:
                 self._fall_back_to_311()
             if self._can_send():
@@ -310,7 +323,7 @@ class MqttLink:
                         # A long backlog keeps the window open: acked records are deleted
                         # as it drains, not all at the end (a crash would resend them all).
                         self._delete_acked()
-                idle = 0.0 if sent else min(max(idle * 2, 0.01), 0.2) + random.uniform(0, 0.005)
+                idle = 0.0 if sent else min(max(idle * 2, 0.01), IDLE_MAX_S) + random.uniform(0, 0.005)
             self._delete_acked()
             self._resend_overdue()
 

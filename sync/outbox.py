@@ -318,6 +318,7 @@ class Outbox:
         self._db = self._open(self._synchronous)
         self._lock = threading.RLock()  # one connection, one user at a time
         self._counts = self._load_counts()
+        self._soonest_expiry = self._load_soonest_expiry()
         self._inflight: set[int] = set()  # handed out by next_batch: in flight or awaiting the commit
         self._awaiting: dict[int, float] = {}  # broker has them (PUBACK): seq -> when, awaiting the commit
         self._gone: list[int] = []  # seqs deleted by the open transaction
@@ -330,6 +331,7 @@ class Outbox:
         self._pending: deque[_Ticket] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._listeners: list[Callable[[], None]] = []  # told after each commit of new records
         self._waiting = 0  # records in self._pending
         self._wanted = 1  # wake the writer once this many records wait
         self._commits = self._committed = 0  # group commits made and the records they carried (this process)
@@ -383,9 +385,15 @@ class Outbox:
         self._db.close()
         self._db = self._open(self._synchronous, problem=f"{type(exc).__name__}: {exc}")
         self._counts = self._load_counts()
+        self._soonest_expiry = self._load_soonest_expiry()
         self._inflight.clear()
         self._awaiting.clear()
         self._cursor = 0
+
+    def _load_soonest_expiry(self) -> float | None:
+        """When the first record expires (None: none has a ttl), so a drain without ttls never
+        sweeps for expired records (a transaction per batch, a third of a small batch's cost)."""
+        return self._db.execute("SELECT min(expires) FROM records WHERE expires IS NOT NULL").fetchone()[0]
 
     def _load_counts(self) -> dict[str, list[int]]:
         rows = self._db.execute("SELECT CAST(stream AS BLOB), count(*), sum(size) FROM records GROUP BY 1")
@@ -545,6 +553,16 @@ class Outbox:
                     ticket.error = exc
             finally:
                 self._wake(tickets)
+            for listener in self._listeners if tickets[0].error is None else ():
+                try:
+                    listener()
+                except Exception:  # a listener's bug must not stop the writer
+                    log.exception("outbox: a new-records listener failed")
+
+    def on_stored(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the writer thread; it must be quick) after each commit of new
+        records: the link drains at once instead of polling for them."""
+        self._listeners.append(listener)
 
     @staticmethod
     def _wake(tickets: list[_Ticket]) -> None:
@@ -597,6 +615,8 @@ class Outbox:
                 c = self._counts.setdefault(item.stream, [0, 0])
                 c[0] += 1
                 c[1] += len(item.body)
+                if item.expires is not None and (self._soonest_expiry is None or item.expires < self._soonest_expiry):
+                    self._soonest_expiry = item.expires
             for stream in {item.stream for item in batch}:
                 self._enforce_caps(stream)
 
@@ -677,8 +697,11 @@ class Outbox:
         return self._guarded(lambda: self._next_batch(max_bytes, max_records, live_share))
 
     def _next_batch(self, max_bytes: int, max_records: int, live_share: float) -> list[dict[str, Any]]:
-        with self._txn():
-            self._delete("expires IS NOT NULL AND expires < ?", (time.time(),), "expired")
+        now = time.time()
+        if self._soonest_expiry is not None and self._soonest_expiry < now:
+            with self._txn():
+                self._delete("expires IS NOT NULL AND expires < ?", (now,), "expired")
+            self._soonest_expiry = self._load_soonest_expiry()
         live_n = int(max_records * live_share) if live_share > 0 else 0
         picked: list[dict[str, Any]] = []
         seen: set[int] = set()

@@ -130,3 +130,16 @@ def test_bad_flag_values_are_named():
     assert proc.returncode == 2 and "num_threads: 0 is not a positive integer" in proc.stderr
     proc = edgeloop("infer", "digits", "x.png", "--delegate", "edgetpu", "--edgetpu-device", "usb0", ok=False)
     assert "edgetpu_device: 'usb0' is not an Edge TPU device string" in proc.stderr
+
+
+def test_bench_regional_drives_a_small_fleet_exactly_once_and_refuses_bad_flags():
+    """The fleet simulator's code path at a small scale (its figures come from `edgeloop bench
+    regional --devices 1000`, not from here): every record enqueued is stored once and acked."""
+    proc = edgeloop("bench", "regional", "--devices", "12", "--processes", "2", "--seconds", "3", "--rate", "10",
+                    "--json")
+    r = json.loads(proc.stdout)
+    assert r["devices"] == 12 and r["processes"] == 2 and r["enqueued"] == 12 * 10 * 3
+    assert r["exactly_once"] and r["lost"] == 0 and r["left_on_devices"] == 0, r
+    assert r["ingest_records_per_s"] > 0 and 0 < r["enqueue_to_ack_p50_ms"] <= r["enqueue_to_ack_p99_ms"]
+    bad = edgeloop("bench", "regional", "--devices", "0", ok=False)
+    assert bad.returncode == 2 and "--devices" in bad.stderr

@@ -164,7 +164,7 @@ def test_regional_and_outbox_drain_commands(tmp_path, broker):
         assert rx.wait(10) == 0
     bad = subprocess.run([exe, "outbox", "drain", "--db", str(outbox_db), "--broker", "host:port:x",
                           "--device", "d"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--broker: 'host:port:x' is not HOST or HOST:PORT" in bad.stderr
+    assert bad.returncode == 2 and "--broker: 'host:port:x' is not HOST[:PORT]" in bad.stderr
 
 
 def test_two_receivers_on_a_shared_subscription_store_each_record_once(tmp_path, broker):
@@ -191,3 +191,26 @@ def test_two_receivers_on_a_shared_subscription_store_each_record_once(tmp_path,
         for r in receivers:
             r.stop()
         store.close()
+
+
+def test_new_records_wake_the_link_at_once(tmp_path, broker, regional, monkeypatch):
+    """The outbox tells the link when it stores records (Outbox.on_stored), so a link that
+    polls only every 30 s still sends a new record at once."""
+    import edgeloop.sync.link as link_module
+
+    monkeypatch.setattr(link_module, "IDLE_MAX_S", 30.0)
+    with Outbox(tmp_path / "o.db", "wake-1") as box:
+        link = MqttLink(box, LinkConfig("127.0.0.1", broker.port, fleet="f1", device="wake-1"))
+        link.start()
+        try:
+            wait_for(lambda: link.stats()["state"] == "online", 10, "the link online")
+            # Idle, its waits double from 10 ms: by now it is in one from 10.2 s to 20.5 s, so
+            # a record found by polling would go no sooner than 9.7 s from now.
+            time.sleep(10.5)
+            start = time.monotonic()
+            box.enqueue("s", {"n": 1})
+            wait_for(lambda: link.stats()["delivered_records"] == 1, 10, "the record committed")
+            took = time.monotonic() - start
+            assert took < 2.5, took
+        finally:
+            link.stop()

@@ -120,12 +120,14 @@ def _drain_rate(workdir: Path, port: int, records: int, name: str = "drain", sto
     return records / elapsed
 
 
-def receiver_process(store: str, port: int, client_id: str, fleet: str = "bench", nice: int = 0) -> subprocess.Popen:
+def receiver_process(store: str, port: int, client_id: str, fleet: str = "bench", nice: int = 0,
+                     share: str | None = None) -> subprocess.Popen:
     """``edgeloop regional run`` on ``store``, returned once its subscription is confirmed."""
     import os
 
     proc = subprocess.Popen([sys.executable, "-m", "edgeloop.tools.cli", "regional", "run", "--db", store,
-                             "--broker", f"127.0.0.1:{port}", "--fleet", fleet, "--client-id", client_id],
+                             "--broker", f"127.0.0.1:{port}", "--fleet", fleet, "--client-id", client_id,
+                             *(["--share", share] if share else [])],
                             stdout=subprocess.PIPE, text=True, preexec_fn=(lambda: os.nice(nice)) if nice else None)
     assert proc.stdout is not None
     for line in proc.stdout:

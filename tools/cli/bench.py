@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-SUITES = ("model", "kernels", "index", "sync", "serial", "watchdog", "agent")
+SUITES = ("model", "kernels", "index", "sync", "regional", "serial", "watchdog", "agent")
 
 
 def register(sub: Any, common: Any) -> None:
@@ -47,6 +47,12 @@ def register(sub: Any, common: Any) -> None:
     i.add_argument("--n", type=int, default=100_000, help="vectors (default 100,000)")
     i.add_argument("--dim", type=int, default=384, help="dimensions (default 384)")
     suite("sync", "the outbox and the MQTT link against a Mosquitto it starts", run_suite, engine=False)
+    r = suite("regional", "a simulated fleet through a broker into receivers and the regional store",
+              run_regional, engine=False, seconds=20.0)
+    r.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
+    r.add_argument("--rate", type=float, default=22.0, help="records/s each device enqueues (default 22)")
+    r.add_argument("--processes", type=int, default=4, help="processes the devices run in (default 4; at least one per 150 devices)")
+    r.add_argument("--sqlite", action="store_true", help="one receiver on an SQLite file instead of PostgreSQL")
     suite("serial", "the firmware bridge over a pty", run_suite)
     w = suite("watchdog", "the degradation ladder under injected faults", run_suite)
     w.add_argument("--requests", type=int, default=1000, help="requests per fault (default 1000)")
@@ -166,6 +172,20 @@ def run_index(args: argparse.Namespace) -> int:
         for mode in ("float", "int8", "binary", "float_cells", "int8_cells", "binary_cells"):
             print(f"  {mode:<13} " + "  ".join(f"{k} {v}" for k, v in r[name][mode].items()))
     print(f"best: {r.get('best')}")
+    return 0
+
+
+def run_regional(args: argparse.Namespace) -> int:
+    from edgeloop.runtime.errors import ConfigError
+    from edgeloop.tools.bench.regional import bench_regional
+
+    if args.devices < 1 or args.processes < 1 or args.rate <= 0 or args.seconds <= 0:
+        raise ConfigError("bench regional: --devices, --processes, --rate and --seconds must be positive",
+                          "for example --devices 1000 --rate 22 --seconds 20")
+    r = bench_regional(args.devices, args.seconds, args.rate, min(args.processes, args.devices),
+                       postgres=not args.sqlite,
+                       progress=lambda m: print(f"bench regional: {m}", file=sys.stderr, flush=True))
+    _print(r, args.json)
     return 0
 
 

@@ -92,7 +92,11 @@ class NatsCluster:
     def start(self, timeout_s: float = 30) -> "NatsCluster":
         for node in self.nodes:
             node.start(self.exe)
-        self._wait(self.nodes, timeout_s)
+        try:
+            self._wait(self.nodes, timeout_s)
+        except RuntimeError:
+            self.stop()  # no node left behind by a cluster that never came up
+            raise
         return self
 
     def restart(self, i: int, timeout_s: float = 30) -> None:
