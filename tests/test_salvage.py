@@ -29,7 +29,7 @@ def _readable(path: Path, top: int) -> dict[int, str]:
     for seq in range(1, top + 1):
         try:
             row = db.execute(f"SELECT {_SELECT} FROM records WHERE seq = ?", (seq,)).fetchone()
-        except apsw.Error:
+        except (apsw.Error, ValueError):  # a damaged serial type can make a blob read as bad text
             continue
         checked = _checked(row) if row is not None else None
         if checked is not None:
