@@ -104,7 +104,8 @@ class RegionalReceiver:
     def _fall_back_to_311(self) -> None:
         """On the store thread: paho's own thread cannot stop itself, and paho fixes the protocol
         when a client is made."""
-        log.warning("regional: %s refused MQTT 5; reconnecting with MQTT 3.1.1 (no shared subscriptions there)",
+        log.warning("regional: %s refused MQTT 5; reconnecting with MQTT 3.1.1 (a --share group then needs a "
+                    "broker that offers $share to 3.1.1 clients, as Mosquitto does and NATS does not)",
                     self.broker.address)
         self.client.loop_stop()
         self.protocol = "3.1.1"
@@ -257,7 +258,8 @@ class RegionalReceiver:
                         "online in %s. Is --fleet right?", self.fleet, names)
 
     def stats(self) -> dict[str, Any]:
-        return {"client_id": self.client_id, "subscription": self.subscription, "connected": self.connected.is_set(),
+        return {"client_id": self.client_id, "subscription": self.subscription, "protocol": self.protocol,
+                "connected": self.connected.is_set(),
                 "messages": self.messages, "records": self.records, "duplicates": self.duplicates,
                 "spoofed": self.spoofed, "malformed": self.malformed, "acks_sent": self.acks_sent,
                 "store_errors": self.store_errors, "queued": len(self._queue),

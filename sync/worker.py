@@ -135,9 +135,10 @@ class _Server:
 
             host, port, fallbacks = parse_broker(settings.broker)
             self.link = MqttLink(self.outbox, LinkConfig(
-                host, port, fallbacks=fallbacks, fleet=settings.fleet, device=settings.device, max_records_per_s=settings.drain_per_s,
-                protocol=settings.protocol, username=settings.username, password=settings.password,
-                ca_file=settings.ca_file, cert_file=settings.cert_file, key_file=settings.key_file))
+                host, port, fallbacks=fallbacks, fleet=settings.fleet, device=settings.device,
+                max_records_per_s=settings.drain_per_s, protocol=settings.protocol, username=settings.username,
+                password=settings.password, ca_file=settings.ca_file, cert_file=settings.cert_file,
+                key_file=settings.key_file))
             self.link.start()
         self.index = VectorIndex(data / "index.db")
         self.index_pending: dict[tuple[str, str, str, int], tuple[list[Any], ...]] = {}

@@ -79,7 +79,8 @@ class NatsCluster:
     def __init__(self, workdir: Path, size: int = 3) -> None:
         exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
         if not Path(exe).exists():
-            raise RuntimeError("nats-server is not installed (Debian: apt-get install nats-server; `make test` does it)")
+            raise RuntimeError("nats-server is not installed "
+                               "(Debian: apt-get install nats-server; `make test` does it)")
         self.exe = exe
         workdir.mkdir(parents=True, exist_ok=True)
         routes = [fixed_port() for _ in range(size)]
