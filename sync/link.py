@@ -35,8 +35,8 @@ from .topics import DEFAULT_FLEET, topic
 log = logging.getLogger("edgeloop.link")
 
 OFFLINE, CONNECTING, ONLINE = "offline", "connecting", "online"
-# The longest the drain waits before looking at the outbox on its own: new records wake it at
-# once (Outbox.on_stored), so this only bounds records released for a resend or written by
+# How long the drain waits before looking at an outbox it found empty, on its own: new and
+# released records wake it at once (Outbox.on_stored), so this only bounds records written by
 # another process.
 IDLE_MAX_S = 1.0
 
@@ -203,6 +203,7 @@ class MqttLink:
         client.publish(topic(c.fleet, c.device, "status"), b"online", qos=1, retain=True)
         with self._wake:
             self.state = ONLINE
+            self._fresh = True  # what was enqueued or released while offline goes now
             self._wake.notify_all()
         log.info("link: online to %s:%d", client.host, client.port)
 
@@ -277,6 +278,7 @@ class MqttLink:
             log.warning("link: %d record(s) not committed by the regional store within %.0f s; sending them again",
                         n, self._timeout_s)
             self._timeout_s = min(self._timeout_s * 2, self.config.commit_timeout_max_s)
+            self._records_stored()  # back in the outbox: look at once
 
     def _release_all(self) -> None:
         with self._wake:
@@ -284,6 +286,7 @@ class MqttLink:
             self._pending.clear()
         if seqs:
             self.outbox.release(seqs)
+            self._records_stored()
 
     # -- draining ---------------------------------------------------------------------------
 
@@ -297,8 +300,8 @@ class MqttLink:
         idle = 0.0  # how long to wait for new records when the outbox had none
         while self._running:
             with self._wake:
-                # Woken by new records, by acks (to delete), by room in the window, or after
-                # `idle` to look anyway (records released for a resend, or another writer's).
+                # Woken by new or released records, by acks (to delete), by room in the window,
+                # or after `idle` to look anyway (another process's records).
                 deadline = time.monotonic() + (idle or 0.5)
                 while self._running and not self._puback_seqs and not self._committed and not self._refused_mqtt5 \
                         and not (self._can_send() and (not idle or self._fresh)):
@@ -307,10 +310,13 @@ class MqttLink:
                         break
                     self._wake.wait(left)
                 refused, self._refused_mqtt5 = self._refused_mqtt5, False
+                # A wake for a PUBACK or a commit ack is no reason to read the outbox again
+                # when it was found empty: only new records, released ones or the poll are.
+                look = not idle or self._fresh or time.monotonic() >= deadline
                 self._fresh = False
             if refused and self._running:
                 self._fall_back_to_311()
-            if self._can_send():
+            if look and self._can_send():
                 sent = 0
                 while self._running and self._can_send():  # refill the window first, then delete
                     n = self._send_batch()
@@ -323,7 +329,9 @@ class MqttLink:
                         # A long backlog keeps the window open: acked records are deleted
                         # as it drains, not all at the end (a crash would resend them all).
                         self._delete_acked()
-                idle = 0.0 if sent else min(max(idle * 2, 0.01), IDLE_MAX_S) + random.uniform(0, 0.005)
+                # Found nothing: new records wake the drain (Outbox.on_stored), so the next look
+                # on its own is the poll's.
+                idle = 0.0 if sent else IDLE_MAX_S + random.uniform(0, 0.05)
             self._delete_acked()
             self._resend_overdue()
 

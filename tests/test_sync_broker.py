@@ -204,9 +204,9 @@ def test_new_records_wake_the_link_at_once(tmp_path, broker, regional, monkeypat
         link.start()
         try:
             wait_for(lambda: link.stats()["state"] == "online", 10, "the link online")
-            # Idle, its waits double from 10 ms: by now it is in one from 10.2 s to 20.5 s, so
-            # a record found by polling would go no sooner than 9.7 s from now.
-            time.sleep(10.5)
+            # It found the outbox empty and polls again only after IDLE_MAX_S (30 s here), so a
+            # record found by polling would go no sooner than 28 s from now.
+            time.sleep(2.0)
             start = time.monotonic()
             box.enqueue("s", {"n": 1})
             wait_for(lambda: link.stats()["delivered_records"] == 1, 10, "the record committed")
