@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import resource
 import sys
 import threading
@@ -23,7 +24,6 @@ import numpy as np
 from edgeloop.sync.link import LinkConfig, MqttLink
 from edgeloop.sync.outbox import Outbox
 
-TICK_S = 1.0  # each device enqueues its share of the rate this often (a reading a second, batched)
 
 
 class TimedOutbox(Outbox):
@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--rate", type=float, required=True, help="records/s per device")
     p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--every", type=float, default=1.0, help="each device enqueues its records this often (s)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--fleet", required=True)
     p.add_argument("--dir", type=Path, required=True)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(50_000, 50, 1000)
     print("ready", flush=True)  # the coordinator answers with the wall-clock time the load starts
     args.start_at = float(sys.stdin.readline())
-    per_tick = args.rate * TICK_S
+    per_tick = args.rate * args.every
     credit = [0.0] * len(boxes)
     time.sleep(max(0.0, args.start_at - time.time()))
     end = args.start_at + args.seconds
@@ -128,14 +129,17 @@ def main(argv: list[str] | None = None) -> int:
             if k:
                 credit[i] -= k
                 box.enqueue_timed([{"pad": "x" * 100}] * k)
-        tick += TICK_S
+        tick += args.every
         time.sleep(max(0.0, tick - time.time()))
     deadline = time.time() + args.drain_timeout
     while time.time() < deadline and not all(box.settled() for box in boxes):
         time.sleep(0.1)
     report: dict[str, Any] = {"devices": {}}
     latencies: list[float] = []
-    window = (args.start_at + min(2.0, args.seconds / 4), end)  # past the start's ramp
+    # Past the start's ramp, and a whole number of enqueue periods long: with records enqueued
+    # in bursts, a window starting mid-period would count a burst short.
+    warm = args.every * math.ceil(min(2.0, args.seconds / 4) / args.every)
+    window = (args.start_at + warm, end)
     for name, box, link in zip(names, boxes, links):
         report["devices"][name] = {"enqueued": box.enqueued, "acked": len(box.latencies), "failed": box.failed,
                                    "left": box.enqueued - len(box.latencies) - box.failed, "resent": box.resent,

@@ -46,8 +46,10 @@ def _store(workdir: Path, postgres: bool) -> tuple[str, Any, int]:
 
 
 def bench_regional(devices: int = 1000, seconds: float = 20.0, rate: float = 22.0, processes: int = 4,
-                   postgres: bool = True, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """``rate``: records/s each device enqueues (the fleet offers devices x rate)."""
+                   postgres: bool = True, every: float = 1.0,
+                   progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """``rate``: records/s each device enqueues (the fleet offers devices x rate), ``every``
+    seconds ``rate x every`` at a time."""
     from edgeloop.sync.store import open_store
     from edgeloop.tools.testing.mosquitto import Mosquitto
 
@@ -73,7 +75,7 @@ def bench_regional(devices: int = 1000, seconds: float = 20.0, rate: float = 22.
                 out = workdir / f"devices-{first}.json"
                 procs.append((out, subprocess.Popen(
                     [sys.executable, "-m", "edgeloop.tools.bench.fleet_devices", "--first", str(first),
-                     "--count", str(min(per, devices - first)), "--rate", str(rate), "--seconds", str(seconds),
+                     "--count", str(min(per, devices - first)), "--rate", str(rate), "--seconds", str(seconds), "--every", str(every),
                      "--port", str(broker.port), "--fleet", FLEET, "--dir", str(workdir), "--out", str(out)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)))
             for _, proc in procs:
@@ -84,7 +86,7 @@ def bench_regional(devices: int = 1000, seconds: float = 20.0, rate: float = 22.
             for _, proc in procs:
                 proc.stdin.write(f"{start}\n")
                 proc.stdin.flush()
-            progress(f"load: {devices} x {rate:g} records/s for {seconds:g} s")
+            progress(f"load: {devices} x {rate:g} records/s ({rate * every:g} every {every:g} s) for {seconds:g} s")
             for _, proc in procs:
                 if proc.wait() != 0:
                     raise RuntimeError(f"bench regional: a device process failed (exit {proc.returncode})")
@@ -114,9 +116,9 @@ def bench_regional(devices: int = 1000, seconds: float = 20.0, rate: float = 22.
     in_store = sum(stored.get(name, {}).get("records", 0) for name in per_device)
     return {
         "devices": devices, "processes": len(procs), "receivers": n_receivers,
-        "store": "postgresql" if server else "sqlite", "seconds": seconds,
+        "store": "postgresql" if server else "sqlite", "seconds": seconds, "enqueue_every_s": every,
         "offered_records_per_s": round(devices * rate, 1),
-        "ingest_records_per_s": round(sum(counts) / window, 1),
+        "ingest_records_per_s": round(sum(counts) / window, 1) if window > 0 else None,
         "enqueue_to_ack_p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
         "enqueue_to_ack_p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
         "enqueue_to_ack_max_ms": round(float(latencies.max()) * 1000, 1),

@@ -51,6 +51,8 @@ def register(sub: Any, common: Any) -> None:
               run_regional, engine=False, seconds=20.0)
     r.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
     r.add_argument("--rate", type=float, default=22.0, help="records/s each device enqueues (default 22)")
+    r.add_argument("--every", type=float, default=1.0,
+                   help="each device enqueues rate x this many records at a time, this often (s; default 1)")
     r.add_argument("--processes", type=int, default=4, help="processes the devices run in (default 4; at least one per 150 devices)")
     r.add_argument("--sqlite", action="store_true", help="one receiver on an SQLite file instead of PostgreSQL")
     suite("serial", "the firmware bridge over a pty", run_suite)
@@ -179,11 +181,11 @@ def run_regional(args: argparse.Namespace) -> int:
     from edgeloop.runtime.errors import ConfigError
     from edgeloop.tools.bench.regional import bench_regional
 
-    if args.devices < 1 or args.processes < 1 or args.rate <= 0 or args.seconds <= 0:
-        raise ConfigError("bench regional: --devices, --processes, --rate and --seconds must be positive",
+    if args.devices < 1 or args.processes < 1 or args.rate <= 0 or args.seconds <= 0 or args.every <= 0:
+        raise ConfigError("bench regional: --devices, --processes, --rate, --every and --seconds must be positive",
                           "for example --devices 1000 --rate 22 --seconds 20")
     r = bench_regional(args.devices, args.seconds, args.rate, min(args.processes, args.devices),
-                       postgres=not args.sqlite,
+                       postgres=not args.sqlite, every=args.every,
                        progress=lambda m: print(f"bench regional: {m}", file=sys.stderr, flush=True))
     _print(r, args.json)
     return 0
