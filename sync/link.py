@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from .acks import MalformedAck, decode_ack
 from .codec import encode_batch
-from .mqtt_client import BrokerConfig, Guard, make_client
+from .mqtt_client import BrokerConfig, Guard, make_client, refuses_mqtt5
 from .outbox import Outbox
 from .topics import DEFAULT_FLEET, topic
 
@@ -191,7 +191,7 @@ class MqttLink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.warning("link: broker refused the connection: %s", reason)
-            if self._protocol == mqtt.MQTTv5 and "protocol" in str(reason).lower():
+            if self._protocol == mqtt.MQTTv5 and refuses_mqtt5(reason):
                 with self._wake:
                     self._refused_mqtt5 = True
                     self._wake.notify_all()

@@ -86,6 +86,12 @@ def _next_node(addresses: tuple[tuple[str, int], ...]) -> Callable[[mqtt.Client,
     return pre_connect
 
 
+def refuses_mqtt5(reason: Any) -> bool:
+    """A CONNACK that refuses the protocol version: the broker speaks only 3.1.1 (NATS, old
+    brokers), and a new client speaking 3.1.1 should try again."""
+    return reason.is_failure and "protocol" in str(reason).lower()
+
+
 class Guard:
     """Counts the callback errors of one client."""
 

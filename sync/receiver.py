@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .acks import encode_ack
-from .mqtt_client import BrokerConfig, Guard, make_client
+from .mqtt_client import BrokerConfig, Guard, make_client, refuses_mqtt5
 from .store import Committed, Store, StoreUnavailable
 from .topics import DEFAULT_FLEET, topic
 
@@ -117,7 +117,7 @@ class RegionalReceiver:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.warning("regional: broker refused the connection: %s", reason)
-            if self.protocol == "5" and "protocol" in str(reason).lower():
+            if self.protocol == "5" and refuses_mqtt5(reason):
                 with self._cond:
                     self._refused_mqtt5 = True
                     self._cond.notify()

@@ -75,7 +75,8 @@ def bench_regional(devices: int = 1000, seconds: float = 20.0, rate: float = 22.
                 out = workdir / f"devices-{first}.json"
                 procs.append((out, subprocess.Popen(
                     [sys.executable, "-m", "edgeloop.tools.bench.fleet_devices", "--first", str(first),
-                     "--count", str(min(per, devices - first)), "--rate", str(rate), "--seconds", str(seconds), "--every", str(every),
+                     "--count", str(min(per, devices - first)), "--rate", str(rate), "--seconds", str(seconds),
+                     "--every", str(every),
                      "--port", str(broker.port), "--fleet", FLEET, "--dir", str(workdir), "--out", str(out)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)))
             for _, proc in procs:
@@ -86,7 +87,8 @@ def bench_regional(devices: int = 1000, seconds: float = 20.0, rate: float = 22.
             for _, proc in procs:
                 proc.stdin.write(f"{start}\n")
                 proc.stdin.flush()
-            progress(f"load: {devices} x {rate:g} records/s ({rate * every:g} every {every:g} s) for {seconds:g} s")
+            progress(f"load: {devices} x {rate:g} records/s ({rate * every:g} every {every:g} s) "
+                     f"for {seconds:g} s")
             for _, proc in procs:
                 if proc.wait() != 0:
                     raise RuntimeError(f"bench regional: a device process failed (exit {proc.returncode})")

@@ -53,7 +53,8 @@ def register(sub: Any, common: Any) -> None:
     r.add_argument("--rate", type=float, default=22.0, help="records/s each device enqueues (default 22)")
     r.add_argument("--every", type=float, default=1.0,
                    help="each device enqueues rate x this many records at a time, this often (s; default 1)")
-    r.add_argument("--processes", type=int, default=4, help="processes the devices run in (default 4; at least one per 150 devices)")
+    r.add_argument("--processes", type=int, default=4,
+                   help="processes the devices run in (default 4; at least one per 150 devices)")
     r.add_argument("--sqlite", action="store_true", help="one receiver on an SQLite file instead of PostgreSQL")
     suite("serial", "the firmware bridge over a pty", run_suite)
     w = suite("watchdog", "the degradation ladder under injected faults", run_suite)

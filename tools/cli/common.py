@@ -66,8 +66,8 @@ def broker_flags(parser: argparse.ArgumentParser, required: bool = False) -> Non
     from edgeloop.sync.topics import DEFAULT_FLEET
 
     g = parser.add_argument_group("broker")
-    g.add_argument("--broker", required=required, help="HOST[:PORT] (1883 when no port is given), or several, comma-separated: "
-                   "the nodes of a broker cluster, tried in turn")
+    g.add_argument("--broker", required=required, help="HOST[:PORT] (1883 when no port is given), or several, "
+                   "comma-separated: the nodes of a broker cluster, tried in turn")
     g.add_argument("--fleet", default=DEFAULT_FLEET, help=f"the fleet's topic level (default {DEFAULT_FLEET}, "
                    "as the agent's)")
     g.add_argument("--ca-file", help="TLS: the CA the broker's certificate must chain to")

@@ -124,9 +124,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
     if not args.db.exists():
         raise ConfigError(f"--db: {args.db} does not exist", "give the path of the device's outbox file")
     with Outbox(args.db, args.device) as box:
-        link = MqttLink(box, LinkConfig(b.host, b.port, fallbacks=b.fallbacks, fleet=args.fleet, device=args.device, username=b.username,
-                                        password=b.password, ca_file=b.ca_file, cert_file=b.cert_file,
-                                        key_file=b.key_file))
+        link = MqttLink(box, LinkConfig(b.host, b.port, fallbacks=b.fallbacks, fleet=args.fleet, device=args.device,
+                                        username=b.username, password=b.password, ca_file=b.ca_file,
+                                        cert_file=b.cert_file, key_file=b.key_file))
         link.start()
         deadline = time.monotonic() + args.timeout
         try:

@@ -15,6 +15,9 @@ from pathlib import Path
 
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def fixed_port() -> int:
     """A free port below Linux's ephemeral range: a node's address must stay its own across a
     restart, and a port from the ephemeral range can be taken meanwhile by any outgoing
@@ -22,9 +25,12 @@ def fixed_port() -> int:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
         port = random.randrange(max(1024, low - 12000), low)
+        if port in _HANDED_OUT:  # free now, but another node's already
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
+                _HANDED_OUT.add(port)
                 return port
             except OSError:
                 continue
@@ -32,10 +38,10 @@ def fixed_port() -> int:
 
 
 class NatsNode:
-    def __init__(self, name: str, workdir: Path, routes: list[int]) -> None:
+    def __init__(self, name: str, workdir: Path, cluster_port: int, routes: list[int]) -> None:
         self.name = name
         self.client_port = fixed_port()
-        self.cluster_port = routes[int(name[1:]) - 1]
+        self.cluster_port = cluster_port
         self.mqtt_port = fixed_port()
         self.log = workdir / f"{name}.log"
         self.conf = workdir / f"{name}.conf"
@@ -84,7 +90,7 @@ class NatsCluster:
         self.exe = exe
         workdir.mkdir(parents=True, exist_ok=True)
         routes = [fixed_port() for _ in range(size)]
-        self.nodes = [NatsNode(f"n{i + 1}", workdir, routes) for i in range(size)]
+        self.nodes = [NatsNode(f"n{i + 1}", workdir, port, routes) for i, port in enumerate(routes)]
 
     @property
     def mqtt_ports(self) -> list[int]:
