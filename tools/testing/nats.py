@@ -51,8 +51,11 @@ class NatsNode:
             f'jetstream {{ store_dir: "{workdir / name}" }}\n'
             f"cluster {{ name: edgeloop, listen: 127.0.0.1:{self.cluster_port}, routes: [{route_list}] }}\n"
             # ack_wait: how long a QoS 1 message waits for its PUBACK before it is sent again
-            # (the receiver PUBACKs only after its commit).
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, ack_wait: \"30s\", max_ack_pending: 1024 }}\n")
+            # (the receiver PUBACKs only after its commit). stream_replicas: 3 always; left to
+            # itself the gateway takes the nodes it sees when it first makes its streams, and a
+            # 2-replica session stream stalls for good when one of them dies (seen).
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, ack_wait: \"30s\", max_ack_pending: 1024, "
+            "stream_replicas: 3 }\n")
         self.proc: subprocess.Popen | None = None
 
     def start(self, exe: str) -> "NatsNode":
