@@ -101,6 +101,12 @@ class MqttLink:
         self._early: set[int] = set()  # mids acknowledged before they were recorded
         self._acked_messages = 0
         self._refused_mqtt5 = False
+        # The ack subscription: "pending" until its SUBACK, "granted", or "refused: why". A
+        # refused one is retried with backoff; until granted no record can be committed.
+        self.ack_subscription = "pending"
+        self.ack_subscription_refusals = 0
+        self._ack_sub_mid: int | None = None
+        self._resubscribe_at = 0.0  # monotonic; 0: no retry due
         self._fresh = False  # the outbox stored new records since the drain last looked
         self._attempt = 0  # failed connections since the last success
         self._rng = random.Random()
@@ -126,6 +132,7 @@ class MqttLink:
         client.on_disconnect = self.guard(self._on_disconnect)
         client.on_publish = self.guard(self._on_publish)
         client.on_message = self.guard(self._on_message)
+        client.on_subscribe = self.guard(self._on_subscribe)
         client.on_connect_fail = self.guard(lambda client, userdata: self._back_off())
         return client
 
@@ -182,7 +189,9 @@ class MqttLink:
             return {"state": self.state, "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
                     "in_flight_messages": len(self._pending),
                     "published_messages": self.published, "delivered_records": self.delivered,
-                    "commit_acks": self.acks, "bad_acks": self.bad_acks, "awaiting_commit": self.outbox.awaiting(),
+                    "commit_acks": self.acks, "bad_acks": self.bad_acks,
+                    "ack_subscription": self.ack_subscription,
+                    "ack_subscription_refusals": self.ack_subscription_refusals, "awaiting_commit": self.outbox.awaiting(),
                     "resent_records": self.outbox.resent, "commit_timeout_s": round(self._timeout_s, 1),
                     "last_backoff_s": round(self.last_backoff_s, 3), "callback_errors": self.guard.errors}
 
@@ -199,13 +208,46 @@ class MqttLink:
         c = self.config
         self._attempt = 0
         # Every time: a broker that lost its state (or a clean session) has no subscription.
-        client.subscribe(self.ack_topic, qos=1)
+        self._subscribe_acks(client)
         client.publish(topic(c.fleet, c.device, "status"), b"online", qos=1, retain=True)
         with self._wake:
             self.state = ONLINE
             self._fresh = True  # what was enqueued or released while offline goes now
             self._wake.notify_all()
         log.info("link: online to %s:%d", client.host, client.port)
+
+    def _subscribe_acks(self, client: mqtt.Client) -> None:
+        with self._wake:
+            self.ack_subscription = "pending"
+            self._resubscribe_at = 0.0
+            rc, self._ack_sub_mid = client.subscribe(self.ack_topic, qos=1)
+        if rc != mqtt.MQTT_ERR_SUCCESS:  # the connection went meanwhile: the next connect subscribes
+            log.warning("link: could not subscribe to %s (%s)", self.ack_topic, mqtt.error_string(rc))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[Any],
+                      properties: Any) -> None:
+        with self._wake:
+            if mid != self._ack_sub_mid:
+                return
+            refused = [r for r in reasons if r.is_failure]
+            if not refused:
+                self.ack_subscription = "granted"
+                self.ack_subscription_refusals = 0
+                return
+            self.ack_subscription = f"refused: {refused[0]}"
+            self.ack_subscription_refusals += 1
+            wait = backoff_s(self.ack_subscription_refusals, 1.0, 60.0, self._rng)
+            self._resubscribe_at = time.monotonic() + wait
+            self._wake.notify_all()
+        # Records are still sent and PUBACKed, but none can be deleted: they wait on the device,
+        # resent after commit_timeout_s, until the broker's ACL lets the ack topic through.
+        log.error("link: the broker refused the commit-ack subscription %s (%s); no record can be committed "
+                  "until it is granted (check the broker's ACL for this device); retrying in %.0f s",
+                  self.ack_topic, refused[0], wait)
+
+    def _retry_subscription(self) -> None:
+        if self._resubscribe_at and time.monotonic() >= self._resubscribe_at and self.state == ONLINE:
+            self._subscribe_acks(self._client)
 
     def _back_off(self) -> None:
         """Before paho's next reconnect: the wait for it (paho's own backoff has no jitter)."""
@@ -334,6 +376,7 @@ class MqttLink:
                 idle = 0.0 if sent else IDLE_MAX_S + random.uniform(0, 0.05)
             self._delete_acked()
             self._resend_overdue()
+            self._retry_subscription()
 
     def _pace(self, records: int) -> None:
         """Hold the drain to ``max_records_per_s`` (a stop still ends the wait at once)."""

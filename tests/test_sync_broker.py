@@ -214,3 +214,48 @@ def test_new_records_wake_the_link_at_once(tmp_path, broker, regional, monkeypat
             assert took < 2.5, took
         finally:
             link.stop()
+
+
+def test_a_refused_ack_subscription_is_said_and_retried_until_granted(tmp_path):
+    """A broker whose permissions do not let the device subscribe to its ack topic refuses it
+    in the SUBACK: the link says so (stats, log) and retries with backoff, and once the
+    permissions are fixed (nats-server reloads them on SIGHUP) the records are committed.
+    Without the check the link waited silently for acks that could never come. (Mosquitto's
+    acl_file never refuses a subscription, it only withholds the messages, mosquitto#2042:
+    there `edgeloop status` says how long records have waited for their commit.)"""
+    from edgeloop.tools.testing.nats import NatsCluster
+
+    def permissions(deny: str) -> str:
+        subscribe = f'{{ allow: ">", deny: "{deny}" }}' if deny else '">"'
+        return f'users: [ {{ user: anonymous, permissions: {{ publish: ">", subscribe: {subscribe} }} }} ]'
+
+    nats = NatsCluster(tmp_path / "nats", 1, authorization=permissions("edgeloop.v1.f1.acl-1.ack")).start()
+    port = nats.mqtt_ports[0]
+    store = SqliteStore(tmp_path / "regional.db")
+    receiver = RegionalReceiver(store, BrokerConfig("127.0.0.1", port), fleet="f1", client_id="rx-acl")
+    box = Outbox(tmp_path / "o.db", "acl-1")
+    link = MqttLink(box, LinkConfig("127.0.0.1", port, fleet="f1", device="acl-1", commit_timeout_s=1.0,
+                                    commit_timeout_max_s=4.0))
+    try:
+        receiver.start()
+        assert receiver.connected.wait(20)
+        ids = {e.id for e in box.enqueue_many([("s", {"n": n}) for n in range(20)])}
+        link.start()
+        wait_for(lambda: link.stats()["ack_subscription_refusals"] >= 2, 30, "the refusal seen and retried")
+        assert link.stats()["ack_subscription"].startswith("refused"), link.stats()
+        wait_for(lambda: store.ids() >= ids, 20, "the records stored regionally")
+        assert link.stats()["delivered_records"] == 0  # stored, but no ack can reach the device
+        nats.nodes[0].write_conf(permissions(""))
+        nats.nodes[0].reload()
+        wait_for(lambda: link.stats()["ack_subscription"] == "granted", 30, "the subscription granted on a retry")
+        assert link.stats()["ack_subscription_refusals"] == 0
+        # The acks sent before the grant reached nobody: the records are resent after the
+        # commit timeout, acked again (the store dedupes) and leave the device.
+        wait_for(lambda: link.stats()["delivered_records"] == 20, 30, "the records committed and deleted")
+        assert store.stats()["devices"]["acl-1"]["records"] == 20
+    finally:
+        link.stop()
+        box.close()
+        receiver.stop()
+        store.close()
+        nats.stop()

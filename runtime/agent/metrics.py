@@ -188,6 +188,9 @@ class AgentCollector:
             yield CounterMetricFamily("edgeloop_link_resent_records",
                                       "records sent again because their commit did not come in time",
                                       value=link_stats.get("resent_records", 0))
+            yield GaugeMetricFamily("edgeloop_link_ack_subscription_granted",
+                                    "1 when the broker granted the commit-ack subscription (0: pending or refused)",
+                                    value=float(link_stats.get("ack_subscription") == "granted"))
 
     def _ladders(self) -> Iterator[Metric]:
         part = self.agent.camera

@@ -99,6 +99,10 @@ def _human(s: dict[str, Any]) -> str:
     if s.get("awaiting_commit_s"):
         lines.append(f"  Regional: {s.get('awaiting_commit', 0)} records sent, no regional commit acknowledged for "
                      f"{s['awaiting_commit_s']:.0f} s (kept until one is; is a receiver of fleet {s['fleet']} up?)")
+    sub = (s.get("link_stats") or {}).get("ack_subscription", "")
+    if sub.startswith("refused"):
+        lines.append(f"  Regional: the commit-ack subscription was {sub}; no record can be committed "
+                     "(check the broker's ACL for this device)")
     if s.get("mcu"):
         m = s["mcu"]
         lines.append(f"       MCU: {m['state']}, {m['windows']} windows, {m['commands']} commands")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -38,7 +39,8 @@ def fixed_port() -> int:
 
 
 class NatsNode:
-    def __init__(self, name: str, workdir: Path, cluster_port: int, routes: list[int]) -> None:
+    def __init__(self, name: str, workdir: Path, cluster_port: int, routes: list[int],
+                 authorization: str = "") -> None:
         self.name = name
         self.client_port = fixed_port()
         self.cluster_port = cluster_port
@@ -46,17 +48,33 @@ class NatsNode:
         self.log = workdir / f"{name}.log"
         self.conf = workdir / f"{name}.conf"
         route_list = ", ".join(f"nats://127.0.0.1:{p}" for p in routes if p != self.cluster_port)
+        self.workdir = workdir
+        self.cluster = (f"cluster {{ name: edgeloop, listen: 127.0.0.1:{self.cluster_port}, routes: [{route_list}] }}\n"
+                        if len(routes) > 1 else "")
+        self.write_conf(authorization)
+        self.proc: subprocess.Popen | None = None
+
+    def write_conf(self, authorization: str = "") -> None:
+        """The node's configuration; ``authorization``: the body of an ``authorization`` block,
+        in which MQTT clients that give no credentials are user ``anonymous``. ``reload()``
+        makes a running node read it again."""
+        mqtt_extra = " no_auth_user: anonymous," if authorization else ""
         self.conf.write_text(
-            f"server_name: {name}\nlisten: 127.0.0.1:{self.client_port}\n"
-            f'jetstream {{ store_dir: "{workdir / name}" }}\n'
-            f"cluster {{ name: edgeloop, listen: 127.0.0.1:{self.cluster_port}, routes: [{route_list}] }}\n"
+            f"server_name: {self.name}\nlisten: 127.0.0.1:{self.client_port}\n"
+            f'jetstream {{ store_dir: "{self.workdir / self.name}" }}\n'
+            + self.cluster +
             # ack_wait: how long a QoS 1 message waits for its PUBACK before it is sent again
             # (the receiver PUBACKs only after its commit). stream_replicas: 3 always; left to
             # itself the gateway takes the nodes it sees when it first makes its streams, and a
             # 2-replica session stream stalls for good when one of them dies (seen).
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, ack_wait: \"30s\", max_ack_pending: 1024, "
-            "stream_replicas: 3 }\n")
-        self.proc: subprocess.Popen | None = None
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port},{mqtt_extra} ack_wait: \"30s\", max_ack_pending: 1024, "
+            f"stream_replicas: {3 if self.cluster else 1} }}\n"
+            + (f"authorization {{ {authorization} }}\n" if authorization else ""))
+
+    def reload(self) -> None:
+        """SIGHUP: nats-server reloads its configuration (its authorization among it)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self, exe: str) -> "NatsNode":
         self.log_from = self.log.stat().st_size if self.log.exists() else 0  # this run's lines only
@@ -83,9 +101,10 @@ class NatsNode:
 
 
 class NatsCluster:
-    """``NatsCluster(workdir, 3).start()``; ``mqtt_ports``; ``nodes[i].kill()``, ``restart(i)``; ``stop()``."""
+    """``NatsCluster(workdir, 3).start()``; ``mqtt_ports``; ``nodes[i].kill()``, ``restart(i)``; ``stop()``.
+    A size of 1 is one standalone server; ``authorization``: see ``NatsNode.write_conf``."""
 
-    def __init__(self, workdir: Path, size: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, authorization: str = "") -> None:
         exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
         if not Path(exe).exists():
             raise RuntimeError("nats-server is not installed "
@@ -93,7 +112,7 @@ class NatsCluster:
         self.exe = exe
         workdir.mkdir(parents=True, exist_ok=True)
         routes = [fixed_port() for _ in range(size)]
-        self.nodes = [NatsNode(f"n{i + 1}", workdir, port, routes) for i, port in enumerate(routes)]
+        self.nodes = [NatsNode(f"n{i + 1}", workdir, port, routes, authorization) for i, port in enumerate(routes)]
 
     @property
     def mqtt_ports(self) -> list[int]:
@@ -118,7 +137,9 @@ class NatsCluster:
         the MQTT gateway cannot create a session)."""
         deadline = time.monotonic() + timeout_s
         for node in nodes:
-            while not (node.listening() and "metadata leader" in self._read(node)):
+            # A standalone server is its own JetStream leader once it is ready.
+            ready = "metadata leader" if node.cluster else "Server is ready"
+            while not (node.listening() and ready in self._read(node)):
                 if node.proc.poll() is not None:
                     raise RuntimeError(f"nats-server {node.name} exited with {node.proc.returncode}: "
                                        f"{self._read(node)[-2000:]}")
