@@ -79,13 +79,22 @@ def test_a_nats_node_sigkilled_mid_drain_loses_nothing_and_stores_nothing_twice(
         link.start()
         killed = []
         for n in range(NATS_KILLS):
-            ids |= {e.id for e in box.enqueue_many(("s", {"round": n, "i": i}) for i in range(3000))}
-            try:
-                wait_for(lambda: link.stats()["state"] == "online" and link.stats()["delivered_records"] > 0
-                         and rows(box) > 0, 30, "a drain under way")
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}: link {link.stats()}, receiver {receiver.stats()}, "
-                                     f"outbox rows {rows(box)}") from None
+            # Feed the backlog until the device is seen sending with records still queued: a
+            # backlog enqueued in one go can drain between two polls (CI saw exactly that).
+            start = link.stats()["delivered_records"]
+            deadline = time.monotonic() + 30
+            i = 0
+            while True:
+                if rows(box) < 2000:
+                    ids |= {e.id for e in box.enqueue_many(("s", {"round": n, "i": i + k}) for k in range(500))}
+                    i += 500
+                if (link.stats()["state"] == "online" and link.stats()["delivered_records"] > start
+                        and rows(box) > 0):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out after 30 s waiting for a drain under way: link "
+                                         f"{link.stats()}, receiver {receiver.stats()}, outbox rows {rows(box)}")
+                time.sleep(0.02)
             node = ports.index(link._client.port)  # the node the device is on
             cluster.nodes[node].kill()
             killed.append(node)
