@@ -20,17 +20,22 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from edgeloop.runtime.errors import ConfigError
 
 from .acks import MalformedAck, decode_ack
 from .codec import encode_batch
 from .mqtt_client import BrokerConfig, Guard, make_client, refuses_mqtt5
 from .outbox import Outbox
 from .topics import DEFAULT_FLEET, topic
+
+if TYPE_CHECKING:
+    from .link_hub import LinkHub
 
 log = logging.getLogger("edgeloop.link")
 
@@ -83,11 +88,19 @@ class LinkConfig:
 
 
 class MqttLink:
-    """Drains an outbox to a broker. ``start()``, then ``stop()``."""
+    """Drains an outbox to a broker. ``start()``, then ``stop()``.
 
-    def __init__(self, outbox: Outbox, config: LinkConfig) -> None:
+    On its own a link has two threads (paho's network loop and the drain). Given a ``hub``
+    (``link_hub.LinkHub``), it has none: the hub's one thread runs the network and the drain of
+    many links, for a gateway that speaks for many devices (and the fleet simulator)."""
+
+    def __init__(self, outbox: Outbox, config: LinkConfig, hub: "LinkHub | None" = None) -> None:
+        if hub is not None and config.max_records_per_s > 0:
+            raise ConfigError("link: max_records_per_s is not available on a link hub",
+                              "give the device a link of its own, or drop the cap")
         self.outbox = outbox
         self.config = config
+        self.hub = hub
         self.state = OFFLINE
         self.published = 0  # messages the broker acknowledged
         self.delivered = 0  # records the regional store acknowledged (committed)
@@ -116,6 +129,8 @@ class MqttLink:
         self._protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
         self.last_backoff_s = 0.0
         self._next_send = 0.0  # when the drain may send again under max_records_per_s
+        self._idle = 0.0  # how long to wait for new records when the outbox had none
+        self._poll_at = 0.0  # monotonic: when the drain looks anyway
         self.guard = Guard("link")
         self._client = self._make_client()
         self._drainer = threading.Thread(target=self._drain_loop, name="link-drain", daemon=True)
@@ -134,6 +149,8 @@ class MqttLink:
         client.on_message = self.guard(self._on_message)
         client.on_subscribe = self.guard(self._on_subscribe)
         client.on_connect_fail = self.guard(lambda client, userdata: self._back_off())
+        if self.hub is not None:
+            self.hub.adopt(self, client)
         return client
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -143,7 +160,8 @@ class MqttLink:
         self.outbox.on_stored(self._records_stored)
         self.state = CONNECTING
         self._connect()
-        self._drainer.start()
+        if self.hub is None:
+            self._drainer.start()
 
     def _connect(self) -> None:
         properties = None
@@ -153,14 +171,20 @@ class MqttLink:
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s,
                                    clean_start=False if self._protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                                    properties=properties)
-        self._client.loop_start()
+        if self.hub is not None:
+            self.hub.connect_soon(self)
+        else:
+            self._client.loop_start()
 
     def _fall_back_to_311(self) -> None:
         """The broker refused MQTT 5: a new paho client speaking 3.1.1 (paho fixes the protocol
         when a client is made). On the drain thread: paho's own thread cannot stop itself."""
         log.warning("link: %s:%d refused MQTT 5; reconnecting with MQTT 3.1.1", self._client.host,
                     self._client.port)
-        self._client.loop_stop()
+        if self.hub is not None:
+            self.hub.forget(self)
+        else:
+            self._client.loop_stop()
         self._protocol = mqtt.MQTTv311
         self._client = self._make_client()
         self._connect()
@@ -168,8 +192,13 @@ class MqttLink:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Say ``offline``, disconnect cleanly; what is still in flight stays in the outbox."""
         self._running = False
+        if self.hub is not None:
+            self.hub.close(self, timeout_s)  # says offline and disconnects on the hub's thread
+            self._delete_acked()
+            self._release_all()
+            return
         with self._wake:
-            self._wake.notify_all()
+            self._notify()
         self._drainer.join(timeout_s)
         if self.state == ONLINE:
             c = self.config
@@ -203,7 +232,7 @@ class MqttLink:
             if self._protocol == mqtt.MQTTv5 and refuses_mqtt5(reason):
                 with self._wake:
                     self._refused_mqtt5 = True
-                    self._wake.notify_all()
+                    self._notify()
             return
         c = self.config
         self._attempt = 0
@@ -213,7 +242,7 @@ class MqttLink:
         with self._wake:
             self.state = ONLINE
             self._fresh = True  # what was enqueued or released while offline goes now
-            self._wake.notify_all()
+            self._notify()
         log.info("link: online to %s:%d", client.host, client.port)
 
     def _subscribe_acks(self, client: mqtt.Client) -> None:
@@ -238,7 +267,7 @@ class MqttLink:
             self.ack_subscription_refusals += 1
             wait = backoff_s(self.ack_subscription_refusals, 1.0, 60.0, self._rng)
             self._resubscribe_at = time.monotonic() + wait
-            self._wake.notify_all()
+            self._notify()
         # Records are still sent and PUBACKed, but none can be deleted: they wait on the device,
         # resent after commit_timeout_s, until the broker's ACL lets the ack topic through.
         log.error("link: the broker refused the commit-ack subscription %s (%s); no record can be committed "
@@ -260,6 +289,8 @@ class MqttLink:
         self._back_off()
         with self._wake:
             self.state = CONNECTING if self._running else OFFLINE
+        if self.hub is not None and self._running:
+            self.hub.reconnect_in(self, self.last_backoff_s)
         self._release_all()
         if self._running:
             log.warning("link: disconnected (%s); reconnecting with backoff", reason)
@@ -277,7 +308,7 @@ class MqttLink:
             # The drain thread marks them: paho's network thread never waits on the outbox.
             self._puback_seqs += seqs
             self._acked_messages += 1
-            self._wake.notify_all()
+            self._notify()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic != self.ack_topic:
@@ -292,7 +323,7 @@ class MqttLink:
             self.acks += 1
             # Deleted on the drain thread, with the other acks that came meanwhile, in one transaction.
             self._committed.setdefault(ack.epoch, []).extend(ack.seqs())
-            self._wake.notify_all()
+            self._notify()
 
     def _delete_acked(self) -> None:
         """Mark what the broker took as sent, delete what the regional store committed."""
@@ -336,47 +367,71 @@ class MqttLink:
         """The outbox committed new records (its writer thread): wake the drain."""
         with self._wake:
             self._fresh = True
-            self._wake.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Something for the drain to do (called with ``_wake`` held)."""
+        self._wake.notify_all()
+        if self.hub is not None:
+            self.hub.ready(self)
+
+    def _due(self) -> bool:
+        """Work for the drain now (``_wake`` held): acks to apply, a protocol to change, or
+        room in the window and records to look for."""
+        return bool(self._puback_seqs or self._committed or self._refused_mqtt5
+                    or (self._can_send() and (not self._idle or self._fresh)))
 
     def _drain_loop(self) -> None:
-        idle = 0.0  # how long to wait for new records when the outbox had none
         while self._running:
             with self._wake:
                 # Woken by new or released records, by acks (to delete), by room in the window,
-                # or after `idle` to look anyway (another process's records).
-                deadline = time.monotonic() + (idle or 0.5)
-                while self._running and not self._puback_seqs and not self._committed and not self._refused_mqtt5 \
-                        and not (self._can_send() and (not idle or self._fresh)):
-                    left = deadline - time.monotonic()
+                # or after the poll's wait to look anyway (another process's records).
+                self._poll_at = time.monotonic() + (self._idle or 0.5)
+                while self._running and not self._due():
+                    left = self._poll_at - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
-                refused, self._refused_mqtt5 = self._refused_mqtt5, False
-                # A wake for a PUBACK or a commit ack is no reason to read the outbox again
-                # when it was found empty: only new records, released ones or the poll are.
-                look = not idle or self._fresh or time.monotonic() >= deadline
-                self._fresh = False
-            if refused and self._running:
-                self._fall_back_to_311()
-            if look and self._can_send():
-                sent = 0
-                while self._running and self._can_send():  # refill the window first, then delete
-                    n = self._send_batch()
-                    if n <= 0:
-                        sent = sent if n == 0 else 0  # refused: back off as if there were nothing
-                        break
-                    sent += n
-                    self._pace(n)
-                    if self._acked_messages >= 8:
-                        # A long backlog keeps the window open: acked records are deleted
-                        # as it drains, not all at the end (a crash would resend them all).
-                        self._delete_acked()
-                # Found nothing: new records wake the drain (Outbox.on_stored), so the next look
-                # on its own is the poll's.
-                idle = 0.0 if sent else IDLE_MAX_S + random.uniform(0, 0.05)
-            self._delete_acked()
-            self._resend_overdue()
-            self._retry_subscription()
+            self._drain_step()
+
+    def hub_step(self, now: float) -> None:
+        """The drain's work, when there is some, on a hub's thread."""
+        if not self._running:
+            return
+        with self._wake:
+            if now < self._poll_at and not self._due():
+                return
+        self._drain_step()
+        self._poll_at = time.monotonic() + (self._idle or 0.5)
+
+    def _drain_step(self) -> None:
+        with self._wake:
+            refused, self._refused_mqtt5 = self._refused_mqtt5, False
+            # A wake for a PUBACK or a commit ack is no reason to read the outbox again when it
+            # was found empty: only new records, released ones or the poll are.
+            look = not self._idle or self._fresh or time.monotonic() >= self._poll_at
+            self._fresh = False
+        if refused and self._running:
+            self._fall_back_to_311()
+        if look and self._can_send():
+            sent = 0
+            while self._running and self._can_send():  # refill the window first, then delete
+                n = self._send_batch()
+                if n <= 0:
+                    sent = sent if n == 0 else 0  # refused: back off as if there were nothing
+                    break
+                sent += n
+                self._pace(n)
+                if self._acked_messages >= 8:
+                    # A long backlog keeps the window open: acked records are deleted as it
+                    # drains, not all at the end (a crash would resend them all).
+                    self._delete_acked()
+            # Found nothing: new records wake the drain (Outbox.on_stored), so the next look on
+            # its own is the poll's.
+            self._idle = 0.0 if sent else IDLE_MAX_S + random.uniform(0, 0.05)
+        self._delete_acked()
+        self._resend_overdue()
+        self._retry_subscription()
 
     def _pace(self, records: int) -> None:
         """Hold the drain to ``max_records_per_s`` (a stop still ends the wait at once)."""

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from edgeloop.sync.link import LinkConfig, MqttLink
+from edgeloop.sync.link_hub import LinkHub
 from edgeloop.sync.outbox import Outbox
 
 
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     # synchronous=NORMAL: a thousand devices share this machine's one disk, where each real one
     # has its own; the fsync per enqueue is not what the simulator measures.
     boxes = [TimedOutbox(args.dir / f"{name}.db", name, synchronous="NORMAL") for name in names]
+    hub = LinkHub()  # the network and the drains of all this process's devices on one thread
     links = [MqttLink(box, LinkConfig("127.0.0.1", args.port, fleet=args.fleet, device=name, batch_records=500,
-                                      commit_timeout_s=20.0))
+                                      commit_timeout_s=20.0), hub=hub)
              for box, name in zip(boxes, names)]
     for link in links:
         link.start()
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         t.start()
     for t in stoppers:
         t.join()
+    hub.stop()
     for box in boxes:
         box.close()
     np.save(args.out.with_suffix(".npy"), np.asarray(latencies, dtype=np.float64))
