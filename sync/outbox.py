@@ -40,6 +40,7 @@ from edgeloop.runtime.errors import ConfigError, EdgeloopError
 from edgeloop.runtime.sqlite_files import bound_wal, integrity_problem, quarantine, time_limit
 
 from .codec import MAX_BATCH_BYTES, encode_body
+from .outbox_writer import SharedWriter
 
 log = logging.getLogger("edgeloop.outbox")
 
@@ -305,7 +306,10 @@ class Outbox:
     """One device's outbox file. Thread-safe; call ``close()`` when done."""
 
     def __init__(self, path: str | Path, device: str, streams: dict[str, StreamPolicy] | None = None,
-                 default_policy: StreamPolicy = StreamPolicy(), synchronous: str = "FULL") -> None:
+                 default_policy: StreamPolicy = StreamPolicy(), synchronous: str = "FULL",
+                 writer: "SharedWriter | None" = None) -> None:
+        """``writer``: commit on a ``SharedWriter``'s thread (one for many outboxes: a gateway
+        with many devices, the fleet simulator) instead of a writer thread of this outbox's own."""
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ConfigError(f"synchronous: '{synchronous}' is not FULL, EXTRA or NORMAL",
                               "use FULL (durable) or NORMAL (faster; a power cut may lose the last commits)")
@@ -335,8 +339,12 @@ class Outbox:
         self._waiting = 0  # records in self._pending
         self._wanted = 1  # wake the writer once this many records wait
         self._commits = self._committed = 0  # group commits made and the records they carried (this process)
-        self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
-        self._writer.start()
+        self._flushing = threading.Lock()  # held from taking the pending enqueues to their commit
+        self._shared = writer
+        self._writer: threading.Thread | None = None
+        if writer is None:
+            self._writer = threading.Thread(target=self._write_loop, name="outbox-writer", daemon=True)
+            self._writer.start()
 
     # -- opening, checking, salvaging ------------------------------------------------------
 
@@ -519,6 +527,8 @@ class Outbox:
             self._waiting += len(ticket.items)
             if self._waiting >= self._wanted:  # the writer is waiting for this many
                 self._cond.notify()
+        if self._shared is not None:
+            self._shared.ready(self)
         return ticket
 
     def _write_loop(self) -> None:
@@ -540,9 +550,18 @@ class Outbox:
                         break
                     self._cond.wait(left)
                 self._wanted = sys.maxsize  # busy writing; it looks again before it waits
+                last = max(1, self._waiting)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Commit what is pending (the writer's work: this outbox's thread or a shared one)."""
+        with self._flushing:
+            with self._cond:
                 tickets = list(self._pending)
                 self._pending.clear()
-                last, self._waiting = max(1, self._waiting), 0
+                self._waiting = 0
+            if not tickets:
+                return
             try:
                 batch = [item for ticket in tickets for item in ticket.items]
                 self._write(batch)
@@ -840,8 +859,11 @@ class Outbox:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._writer.join()
-        with self._lock:
+        if self._writer is not None:
+            self._writer.join()
+        else:
+            self._flush()  # what the shared writer has not taken yet, here and now
+        with self._flushing, self._lock:
             self._db.close()
 
     def __enter__(self) -> "Outbox":

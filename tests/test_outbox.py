@@ -316,3 +316,55 @@ def test_an_ack_whose_transaction_fails_leaves_the_records_in_flight(tmp_path, m
         assert stats["awaiting_commit"] == 20 and stats["inflight"] == 20
         assert sum(s["rows"] for s in stats["streams"].values()) == 20
         assert box.ack(seqs) == 20 and box.stats()["inflight"] == 0
+
+
+def test_one_shared_writer_commits_for_many_outboxes_and_a_full_disk_stays_that_outboxs_own(tmp_path, small_disk):
+    """A gateway's many devices: one writer thread for all their outboxes (no thread each);
+    every enqueue durable, seqs in order per outbox, one full disk an error to its own caller."""
+    import threading
+
+    from edgeloop.sync.outbox_writer import SharedWriter
+
+    writer = SharedWriter()
+    boxes = [Outbox(tmp_path / f"d{i}.db", f"d{i}", writer=writer) for i in range(12)]
+    full = Outbox(small_disk / "full.db", "full", writer=writer)
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("outbox-writer") == 0 and names.count("outbox-shared-writer") == 1, names
+    results: dict[int, list] = {i: [] for i in range(len(boxes))}
+    called: list = []
+
+    def worker(k: int) -> None:
+        for n in range(100):
+            for i, box in enumerate(boxes):
+                if i % 3 == k:
+                    results[i].append(box.enqueue("s", {"n": n}))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    with pytest.raises(OutboxFull, match="is full"):
+        for _ in range(5000):
+            full.enqueue("bulk", os.urandom(2000))
+    for t in threads:
+        t.join()
+    boxes[0].enqueue_then([("s", {"late": True})], called.append)  # pending when it closes
+    for box in boxes + [full]:
+        box.close()
+    writer.stop()
+    assert called and not isinstance(called[0], BaseException)
+    for i in range(len(boxes)):
+        seqs = [r.seq for r in results[i]]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 100
+        expected = {r.id for r in results[i]} | ({called[0][0].id} if i == 0 else set())
+        assert ids_in(tmp_path / f"d{i}.db") == expected
+    assert writer.stats()["errors"] == 0 and not writer.stats()["alive"]
+
+
+def test_an_outbox_whose_shared_writer_stopped_still_stores_its_enqueues(tmp_path):
+    from edgeloop.sync.outbox_writer import SharedWriter
+
+    writer = SharedWriter()
+    writer.stop()
+    with Outbox(tmp_path / "o.db", "d", writer=writer) as box:
+        done = box.enqueue("s", {"n": 1})
+    assert ids_in(tmp_path / "o.db") == {done.id}

@@ -24,6 +24,9 @@ import numpy as np
 from edgeloop.sync.link import LinkConfig, MqttLink
 from edgeloop.sync.link_hub import LinkHub
 from edgeloop.sync.outbox import Outbox
+from edgeloop.sync.outbox_writer import SharedWriter
+
+SLOTS = 20  # phases a period is divided into
 
 
 
@@ -100,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [f"sim-{n:05d}" for n in range(args.first, args.first + args.count)]
     # synchronous=NORMAL: a thousand devices share this machine's one disk, where each real one
     # has its own; the fsync per enqueue is not what the simulator measures.
-    boxes = [TimedOutbox(args.dir / f"{name}.db", name, synchronous="NORMAL") for name in names]
-    hub = LinkHub()  # the network and the drains of all this process's devices on one thread
+    # One thread commits for all this process's outboxes and one runs their links (the network
+    # and the drains): a thread or two per device spent most of the time switching between them.
+    writer = SharedWriter()
+    boxes = [TimedOutbox(args.dir / f"{name}.db", name, synchronous="NORMAL", writer=writer) for name in names]
+    hub = LinkHub()
     links = [MqttLink(box, LinkConfig("127.0.0.1", args.port, fleet=args.fleet, device=name, batch_records=500,
                                       commit_timeout_s=20.0), hub=hub)
              for box, name in zip(boxes, names)]
@@ -119,19 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(50_000, 50, 1000)
     print("ready", flush=True)  # the coordinator answers with the wall-clock time the load starts
     args.start_at = float(sys.stdin.readline())
-    per_tick = args.rate * args.every
+    per_period = args.rate * args.every
     credit = [0.0] * len(boxes)
+    # Devices are not in step: each enqueues once a period at a phase of its own (one of
+    # SLOTS), as a fleet's clocks and sensors would, not all at the top of each second.
+    slot_s = args.every / SLOTS
     time.sleep(max(0.0, args.start_at - time.time()))
     end = args.start_at + args.seconds
-    tick = args.start_at
+    tick, slot = args.start_at, 0
     while time.time() < end:
-        for i, box in enumerate(boxes):
-            credit[i] += per_tick
+        for i in range(slot, len(boxes), SLOTS):
+            credit[i] += per_period
             k = int(credit[i])
             if k:
                 credit[i] -= k
-                box.enqueue_timed([{"pad": "x" * 100}] * k)
-        tick += args.every
+                boxes[i].enqueue_timed([{"pad": "x" * 100}] * k)
+        slot = (slot + 1) % SLOTS
+        tick += slot_s
         time.sleep(max(0.0, tick - time.time()))
     deadline = time.time() + args.drain_timeout
     while time.time() < deadline and not all(box.settled() for box in boxes):
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     hub.stop()
     for box in boxes:
         box.close()
+    writer.stop()
     np.save(args.out.with_suffix(".npy"), np.asarray(latencies, dtype=np.float64))
     args.out.write_text(json.dumps(report))
     return 0

@@ -26,10 +26,10 @@ from typing import Any, Callable
 import numpy as np
 
 FLEET = "sim"
-# paho waits on select(), which takes no descriptor past 1023; a device holds 6 (its outbox
-# file, WAL and shared memory, its socket and paho's wake-up pair), so a process takes at most
-# this many devices and a large fleet gets more processes.
-DEVICES_PER_PROCESS = 150
+# A process's devices share one link hub (epoll: no select() limit) and one outbox writer;
+# each holds 4 descriptors (its outbox file, WAL, shared memory and socket). Past this many a
+# process's one hub thread becomes the bottleneck, so a large fleet gets more processes.
+DEVICES_PER_PROCESS = 500
 
 
 def _store(workdir: Path, postgres: bool) -> tuple[str, Any, int]:
