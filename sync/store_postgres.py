@@ -1,9 +1,11 @@
 """The regional store on PostgreSQL (psycopg 3), for real deployments
 (``edgeloop regional run --db postgresql://USER@HOST/DB``).
 
-A commit: the batch is staged with one binary ``COPY`` into a temporary table (emptied by the
-commit), moved with ``INSERT … ON CONFLICT (id) DO NOTHING`` (the dedupe), duplicates counted
-per device, and committed; only then does the receiver acknowledge. A lost connection (a
+A commit: the batch goes in with one binary ``COPY`` straight into ``records``, in a savepoint;
+a record the store already has (a resend) aborts it, and the batch is then staged with one
+``COPY`` into a temporary table (emptied by the commit), moved with ``INSERT … ON CONFLICT (id)
+DO NOTHING`` (the dedupe) and its duplicates counted per device. Then the commit; only then
+does the receiver acknowledge. A lost connection (a
 server restart) raises StoreUnavailable and is reconnected on the next try; the batch is not
 lost, it is simply not acknowledged until a commit holds it.
 
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS malformed (received double precision NOT NULL, topic 
 CREATE TABLE IF NOT EXISTS spoofed (received double precision NOT NULL, topic text NOT NULL, sender text NOT NULL,
                                     claimed text NOT NULL, body bytea NOT NULL);
 """
+STAGED_AFTER_DUPLICATE_S = 10.0  # after a duplicate, batches are staged (and deduped) this long
 ROW_TYPES = ["text", "text", "text", "int8", "float8", "text", "text", "bytea", "float8"]
 _COLUMNS = ", ".join(ROW_FIELDS)
 
@@ -46,6 +49,7 @@ class PostgresStore:
         self.connect_timeout_s = connect_timeout_s
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._staged_until = 0.0  # monotonic: until then every batch goes through the staging table
         self._connection()  # a wrong URL or a server that is not there fails here, at start
 
     def _connection(self) -> psycopg.Connection:
@@ -77,20 +81,7 @@ class PostgresStore:
                     dups: dict[str, int] = {}
                     new = 0
                     if intake.rows:
-                        with cur.copy(f"COPY staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                            copy.set_types(ROW_TYPES)
-                            for row in intake.rows:
-                                copy.write_row(row)
-                        cur.execute(f"""
-                            WITH added AS (INSERT INTO records ({_COLUMNS}) SELECT {_COLUMNS} FROM staging
-                                           ON CONFLICT (id) DO NOTHING RETURNING device),
-                                 added_by AS (SELECT device, count(*) AS n FROM added GROUP BY device),
-                                 sent_by AS (SELECT device, count(*) AS n FROM staging GROUP BY device)
-                            SELECT s.device, s.n, coalesce(a.n, 0) FROM sent_by s LEFT JOIN added_by a USING (device)""")
-                        for device, sent, added in cur.fetchall():
-                            new += added
-                            if sent > added:
-                                dups[device] = sent - added
+                        new, dups = self._insert(conn, cur, intake.rows)
                     if dups:
                         cur.executemany("INSERT INTO duplicates VALUES (%s, %s) ON CONFLICT (device) "
                                         "DO UPDATE SET count = duplicates.count + excluded.count", list(dups.items()))
@@ -103,6 +94,40 @@ class PostgresStore:
                 raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} failed during a commit: {exc}".strip(),
                                        "the batch is tried again once the server answers") from exc
         return Committed(new, sum(dups.values()), len(intake.spoofed), len(intake.malformed), intake.acks)
+
+    def _insert(self, conn: psycopg.Connection, cur: psycopg.Cursor, rows: list[tuple[Any, ...]]
+                ) -> tuple[int, dict[str, int]]:
+        """(records added, duplicates by device). First straight into ``records`` in a savepoint:
+        most batches hold no record the store has, and then this is the bare COPY. A duplicate
+        (a resend) aborts it; the batch goes through the staging table instead, and so do the
+        next commits for a while, as resends come in runs."""
+        if time.monotonic() >= self._staged_until:
+            try:
+                with conn.transaction():  # a savepoint inside the commit's transaction
+                    self._copy(cur, "records", rows)
+                return len(rows), {}
+            except psycopg.errors.UniqueViolation:
+                self._staged_until = time.monotonic() + STAGED_AFTER_DUPLICATE_S
+        self._copy(cur, "staging", rows)
+        cur.execute(f"""
+            WITH added AS (INSERT INTO records ({_COLUMNS}) SELECT {_COLUMNS} FROM staging
+                           ON CONFLICT (id) DO NOTHING RETURNING device),
+                 added_by AS (SELECT device, count(*) AS n FROM added GROUP BY device),
+                 sent_by AS (SELECT device, count(*) AS n FROM staging GROUP BY device)
+            SELECT s.device, s.n, coalesce(a.n, 0) FROM sent_by s LEFT JOIN added_by a USING (device)""")
+        new, dups = 0, {}
+        for device, sent, added in cur.fetchall():
+            new += added
+            if sent > added:
+                dups[device] = sent - added
+        return new, dups
+
+    @staticmethod
+    def _copy(cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]]) -> None:
+        with cur.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(ROW_TYPES)
+            for row in rows:
+                copy.write_row(row)
 
     def keep_aside(self, topic: str, payload: bytes, reason: str) -> None:
         with self._lock:
