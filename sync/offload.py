@@ -69,7 +69,9 @@ class Offloader:
             waiter[1].append({"ok": False, "error": "the answer does not decode"})
         waiter[0].set()
 
-    def request(self, task: str, source: Any, timeout_s: float) -> dict[str, Any]:
+    def request(self, task: str, source: Any, timeout_s: float,
+                params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``params``: for a task that takes them (``nearest``: model, model_version, k)."""
         if not self.online.is_set():
             raise RungFailed("the link to the regional edge is down")
         data, kind = to_bytes(source)
@@ -82,8 +84,10 @@ class Offloader:
         with self._lock:
             self._waiting[cid] = (done, box)
         try:
-            payload = msgpack.packb({"task": task, "input": data, "kind": kind, "deadline_ms": timeout_s * 1000},
-                                    use_bin_type=True)
+            request = {"task": task, "input": data, "kind": kind, "deadline_ms": timeout_s * 1000}
+            if params:
+                request["params"] = params
+            payload = msgpack.packb(request, use_bin_type=True)
             self._client.publish(self.request_topic, payload, qos=0, properties=props)
             if not done.wait(timeout_s):
                 raise RungTimeout(f"the regional edge did not answer within {timeout_s * 1000:.1f} ms")
@@ -127,8 +131,11 @@ class Responder:
 
     def __init__(self, broker: BrokerConfig, fleet: str, models: dict[str, Callable[[Any], dict[str, Any]]],
                  share: str | None = None, client_id: str = "edgeloop-responder",
-                 subscription: str | None = None) -> None:
+                 subscription: str | None = None,
+                 queries: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] | None = None) -> None:
+        """``queries``: tasks answered with the request's ``params`` too (``nearest``)."""
         self.models = models
+        self.queries = dict(queries or {})
         self.answered = 0
         self.failed = 0
         self.unanswerable = 0
@@ -195,15 +202,20 @@ class Responder:
             raise RequestRefused("a request is a msgpack map {task, input: bytes, kind}")
         task = request.get("task")
         model = self.models.get(task) if isinstance(task, str) else None
-        if model is None:
-            raise RequestRefused(f"no model for task {task!r} here; tasks: {', '.join(sorted(self.models))}")
+        query = self.queries.get(task) if isinstance(task, str) else None
+        if model is None and query is None:
+            raise RequestRefused(f"no model for task {task!r} here; tasks: "
+                                 f"{', '.join(sorted([*self.models, *self.queries]))}")
+        params = request.get("params", {})
+        if not isinstance(params, dict) or len(params) > 32 or not all(isinstance(k, str) for k in params):
+            raise RequestRefused("params is a msgpack map of at most 32 named values")
         kind = request.get("kind", "png")
         try:
             source = from_bytes(request["input"], kind if isinstance(kind, str) else "")
         except Exception as exc:
             raise RequestRefused(f"the input does not decode as {kind!r}: send PNG/JPEG/BMP bytes (kind 'png' "
                                  "or 'jpg') or numpy.save bytes (kind 'npy')") from exc
-        return model(source)
+        return model(source) if model is not None else query(source, params)
 
     def stop(self) -> None:
         self._client.disconnect()

@@ -16,6 +16,7 @@ Add the indexes your queries need; the ingest rate goes down with each.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -23,7 +24,11 @@ from typing import Any, Callable, Sequence
 import psycopg
 from psycopg.types.string import BytesBinaryDumper
 
+from .regional_index import PgvectorMissing, RegionalIndex
 from .store import ROW_FIELDS, Committed, StoreUnavailable, device_stats, sort_messages
+from .topics import INDEX_STREAM
+
+log = logging.getLogger("edgeloop.regional")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -50,6 +55,8 @@ class PostgresStore:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._staged_until = 0.0  # monotonic: until then every batch goes through the staging table
+        self.index: RegionalIndex | None = RegionalIndex()  # None: the server has no pgvector
+        self.index_unindexed = 0  # index deltas stored as records only (no pgvector)
         self._connection()  # a wrong URL or a server that is not there fails here, at start
 
     def _connection(self) -> psycopg.Connection:
@@ -63,6 +70,15 @@ class PostgresStore:
             # Emptied by each commit: cheaper than a TRUNCATE per batch, which makes a new file.
             conn.execute("CREATE TEMP TABLE staging (LIKE records) ON COMMIT DELETE ROWS")
             conn.commit()
+            if self.index is not None:
+                try:
+                    self.index.ensure(conn)
+                except PgvectorMissing as exc:
+                    self.index = None
+                    log.warning("regional: PostgreSQL at %s has no pgvector (%s): the devices' index deltas are "
+                                "stored as records but not indexed, and nearest queries find nothing; install "
+                                "it (Debian trixie or PGDG: postgresql-16-pgvector) and restart the receiver",
+                                _safe(self.url), exc)
         except psycopg.Error as exc:
             raise StoreUnavailable(f"PostgreSQL at {_safe(self.url)} is not reachable: {exc}".strip(),
                                    "start the server or fix --db; the receiver tries again") from exc
@@ -82,6 +98,7 @@ class PostgresStore:
                     new = 0
                     if intake.rows:
                         new, dups = self._insert(conn, cur, intake.rows)
+                        self._index(conn, cur, intake)
                     if dups:
                         cur.executemany("INSERT INTO duplicates VALUES (%s, %s) ON CONFLICT (device) "
                                         "DO UPDATE SET count = duplicates.count + excluded.count", list(dups.items()))
@@ -121,6 +138,35 @@ class PostgresStore:
             if sent > added:
                 dups[device] = sent - added
         return new, dups
+
+    def _index(self, conn: psycopg.Connection, cur: psycopg.Cursor, intake: Any) -> None:
+        """The batch's index deltas into the regional index, each in a savepoint: one that
+        cannot be applied is kept aside with the reason, and the commit goes on."""
+        for rid, device, epoch, seq, ts, stream, trace, body, received in intake.rows:
+            if stream != INDEX_STREAM:
+                continue
+            if self.index is None:
+                self.index_unindexed += 1
+                continue
+            try:
+                with conn.transaction():
+                    problem = self.index.apply(cur, device, body, received)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                self.index.refused += 1
+                problem = f"index delta refused by PostgreSQL: {str(exc).strip()}"
+            if problem:
+                log.warning("regional: %s's index delta (seq %s) kept aside: %s", device, seq, problem)
+                intake.malformed.append((received, f"edgeloop/v1/?/{device}/data/{INDEX_STREAM}", problem, body))
+
+    def nearest(self, model: str, version: str, vector: Any, k: int = 10,
+                collection: str | None = None) -> list[dict[str, Any]]:
+        """The regional index's ``k`` nearest items to ``vector`` (made by ``model`` ``version``)."""
+        if self.index is None:
+            return []
+        index = self.index
+        return self._read(lambda conn: index.nearest(conn, model, version, vector, k, collection))
 
     @staticmethod
     def _copy(cur: psycopg.Cursor, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -171,8 +217,13 @@ class PostgresStore:
             duplicates = dict(conn.execute("SELECT device, count FROM duplicates").fetchall())
             spoofed = dict(conn.execute("SELECT sender, count(*) FROM spoofed GROUP BY sender").fetchall())
             malformed = conn.execute("SELECT count(*) FROM malformed").fetchone()[0]
-            return {"devices": device_stats(rows, duplicates, spoofed), "malformed": malformed,
-                    "spoofed": sum(spoofed.values())}
+            out = {"devices": device_stats(rows, duplicates, spoofed), "malformed": malformed,
+                   "spoofed": sum(spoofed.values())}
+            if self.index is not None:
+                models = conn.execute("SELECT model, model_version, dim, tbl FROM index_models").fetchall()
+                out["index"] = {"models": {f"{m} {v} ({d})": conn.execute(
+                    f"SELECT count(*) FROM {t} WHERE NOT deleted").fetchone()[0] for m, v, d, t in models}}
+            return out
 
         return self._read(query)
 

