@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -72,6 +73,8 @@ class SyncSettings:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    index_share_every_s: float = 0.0  # > 0: the index's changes go up to the regional index this often
+    index_share_labels: bool = False  # labels go up too (ids and vectors always)
 
     def __repr__(self) -> str:  # never a password in a log line
         return f"SyncSettings({self.data_dir}, {self.fleet}/{self.device}, broker {self.broker or 'none'})"
@@ -144,6 +147,14 @@ class _Server:
         self.index_pending: dict[tuple[str, str, str, int], tuple[list[Any], ...]] = {}
         self.index_waiting = 0
         self.index_errors = 0
+        self.sharer: Any = None
+        self.share_errors = 0
+        self.next_share = time.monotonic() + settings.index_share_every_s
+        if settings.index_share_every_s > 0:
+            from edgeloop.sync.index_share import IndexSharer, SharePolicy
+
+            self.sharer = IndexSharer(self.index, self.outbox, data / "index-shared.json",
+                                      SharePolicy(labels=settings.index_share_labels))
 
     def send(self, message: list[Any]) -> None:
         data = msgpack.packb(message, use_bin_type=True)
@@ -161,6 +172,10 @@ class _Server:
                 if self.index_waiting and not self.conn.poll(INDEX_GATHER_S):
                     self.flush_index()
                     continue
+                if self.sharer is not None:  # due even while requests keep coming
+                    if time.monotonic() >= self.next_share or not self.conn.poll(self.next_share - time.monotonic()):
+                        self.share_index()
+                        continue
                 op, rid, *args = msgpack.unpackb(self.conn.recv_bytes(), raw=False)
             except (EOFError, OSError):
                 self.close()  # the agent is gone: store and close what we hold
@@ -215,13 +230,28 @@ class _Server:
                 self.index_errors += 1
                 log.error("index: %d vector(s) for '%s' not stored: %s", len(ids), name, exc)
 
+    def share_index(self) -> None:
+        """The index's changes since the last share, into the outbox for the regional index."""
+        self.next_share = time.monotonic() + self.settings.index_share_every_s
+        self.flush_index()
+        try:
+            shared = self.sharer.share()
+            if shared.deltas:
+                log.info("index: %d delta(s) queued for the regional index (%s)", shared.deltas,
+                         ", ".join(f"{k} v{v}" for k, v in shared.collections.items()))
+        except Exception as exc:  # the outbox full, a damaged index: said, counted, tried next period
+            self.share_errors += 1
+            log.error("index: sharing with the regional index failed: %s; trying again in %.0f s", exc,
+                      self.settings.index_share_every_s)
+
     def op_stats(self, rid: int) -> None:
         self.flush_index()
         self.send([rid, True, {
             "outbox": self.outbox.stats(),
             "link": self.link.stats() if self.link is not None else None,
             "index": {name: len(self.index.collection(name)) for name in self.index.names()},
-            "index_errors": self.index_errors}])
+            "index_errors": self.index_errors,
+            "index_share": dict(self.sharer.stats(), errors=self.share_errors) if self.sharer is not None else None}])
 
     def close(self) -> None:
         self.flush_index()
@@ -396,10 +426,11 @@ class SyncWorker:
 
     def stats(self) -> dict[str, Any]:
         """The outbox's stats; the link's under ``link`` (None without a broker), item counts
-        of the index's collections under ``index``."""
+        of the index's collections under ``index``, the regional share under ``index_share``
+        (None when the index is not shared)."""
         s = self._request("stats")
         return {**s["outbox"], "link": s["link"], "index": s["index"], "index_errors": s["index_errors"],
-                "worker_restarts": self.restarts}
+                "index_share": s["index_share"], "worker_restarts": self.restarts}
 
     # -- the index ------------------------------------------------------------------------------
 

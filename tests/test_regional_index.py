@@ -180,3 +180,22 @@ def test_deltas_are_chunked_to_fit_an_outbox_record_and_each_chunk_imports(tmp_p
         for chunk in chunks:
             import_delta(copy, chunk)
         assert copy.stats()["items"] == 200 and {n.label for n in copy.query(near(0), k=5)} == {None}
+
+
+def test_the_agents_local_index_goes_up_to_the_regional_index_when_its_config_says_so(tmp_path, broker, regional_pg):
+    from dataclasses import replace
+
+    from conftest import camera_agent_config, running_agent
+
+    config = replace(camera_agent_config(tmp_path / "data", index_every=1), broker=f"127.0.0.1:{broker.port}",
+                     fleet="f1", index_share_every_s=0.3, answer_requests=False)
+    with running_agent(config) as agent:
+        wait_for(lambda: sum(regional_pg.stats().get("index", {}).get("models", {}).values()) >= 3, 30,
+                 "the camera's vectors in the regional index")
+        shared = agent.worker.stats()["index_share"]
+        assert shared["errors"] == 0 and shared["shared_versions"] and shared["policy"]["labels"] is False
+    with regional_pg._connection().cursor() as cur:
+        tbl = cur.execute("SELECT tbl FROM index_models").fetchone()[0]
+        labels = {r[0] for r in cur.execute(f"SELECT label FROM {tbl}").fetchall()}
+        regional_pg._conn.commit()
+    assert labels == {None}  # the default policy: ids and vectors only

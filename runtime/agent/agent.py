@@ -163,7 +163,10 @@ class Agent:
         # worker's interpreter starts meanwhile on the other core, and records queue in memory
         # until it is ready.
         self.worker = SyncWorker(SyncSettings(str(c.data_path), c.device, c.fleet, c.broker, nice=c.sync_nice,
-                                              drain_per_s=c.drain_per_s, **self._link_tls(c)), wait=False)
+                                              drain_per_s=c.drain_per_s,
+                                              index_share_every_s=c.index_share_every_s if c.broker else 0.0,
+                                              index_share_labels=c.index_share_labels, **self._link_tls(c)),
+                                 wait=False)
         self.records = OutboxSink(self.worker)
         self.vectors = IndexSink(self.worker)
         self._start_camera(CameraPart(c, self.engine, self.records.put))

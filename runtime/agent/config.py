@@ -17,6 +17,8 @@ price_per_kwh = 0.30
 sync_nice = 10                     # the sync worker (outbox drain, index writes) yields the CPU to inference
 drain_per_s = 50000.0              # at most this many records/s when catching up (0: no cap)
 answer_requests = true             # with a broker: answer MQTT 5 requests on edgeloop/v1/{fleet}/{device}/req/infer
+index_share_every_s = 0.0          # with a broker: the local index's ids and vectors go up to the regional index this often (0: never)
+index_share_labels = false         # and their labels
 
 [mqtt]                             # how every MQTT part reaches the broker
 protocol = "5"                     # or "3.1.1" (a broker that refuses 5 gets 3.1.1 anyway)
@@ -127,6 +129,10 @@ class AgentConfig:
     sync_nice: int = 10  # niceness added to the sync worker (outbox drain, index writes): inference first
     answer_requests: bool = True  # answer inference requests on edgeloop/v1/{fleet}/{device}/req/infer
     drain_per_s: float = 50_000.0  # records/s the outbox drains at most (0: no cap); catch-up leaves CPU to inference
+    # The regional index gets the local index's changes this often (0: never; off by default: an
+    # embedding says something about its image, so it leaves the device only when asked to).
+    index_share_every_s: float = 0.0
+    index_share_labels: bool = False  # labels go up too (ids and vectors always)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
@@ -150,6 +156,7 @@ SECTIONS = {"mqtt": MqttConfig, "camera": CameraConfig, "mcu": McuConfig}
 RANGES: dict[str, tuple[float, float]] = {
     "status_every_s": (0.1, 86_400.0), "metrics_port": (-1, 65_535), "device_power_w": (0.001, 10_000.0),
     "price_per_kwh": (0.0, 1_000.0), "sync_nice": (0, 19), "drain_per_s": (0.0, 10_000_000.0),
+    "index_share_every_s": (0.0, 86_400.0),
     "camera.fps": (0.01, 1e6), "camera.deadline_ms": (0.1, 60_000.0), "camera.min_score": (0.0, 1.0),
     "camera.hard_below": (0.0, 1.0), "camera.index_every": (0, 1_000_000), "camera.canary_share": (0.0, 1.0),
     "camera.shadow_share": (0.0, 1.0), "mcu.rate_hz": (0.1, 10_000.0), "mcu.min_score": (0.0, 1.0),
