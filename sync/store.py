@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import msgpack
 
@@ -93,6 +93,9 @@ class Store(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def ids(self) -> set[str]: ...
+
+    def records_between(self, start: float, end: float) -> Iterator[tuple[str, str, float, bytes]]:
+        """(device, stream, ts, body) of the records whose device time is in [start, end)."""
 
     def close(self) -> None: ...
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psycopg
 from psycopg.types.string import BytesBinaryDumper
@@ -229,6 +229,16 @@ class PostgresStore:
 
     def ids(self) -> set[str]:
         return self._read(lambda conn: {r[0] for r in conn.execute("SELECT id FROM records")})
+
+    def records_between(self, start: float, end: float) -> Iterator[tuple[str, str, float, bytes]]:
+        # A connection of its own with a server-side cursor: the window streams, and the
+        # receiver's commits go on meanwhile.
+        with psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout_s))) as conn, \
+                conn.cursor(name="export") as cur:
+            cur.itersize = 10_000
+            cur.execute("SELECT device, stream, ts, body FROM records WHERE ts >= %s AND ts < %s", (start, end))
+            for device, stream, ts, body in cur:
+                yield device, stream, ts, bytes(body)
 
     def close(self) -> None:
         with self._lock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import apsw
 
@@ -85,6 +85,18 @@ class SqliteStore:
     def ids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self.db.execute("SELECT id FROM records")}
+
+    def records_between(self, start: float, end: float) -> Iterator[tuple[str, str, float, bytes]]:
+        last = 0
+        while True:  # in chunks, so a long window does not hold the receiver's lock for long
+            with self._lock:
+                chunk = self.db.execute("SELECT rowid, device, stream, ts, body FROM records WHERE ts >= ? AND ts < ? "
+                                        "AND rowid > ? ORDER BY rowid LIMIT 10000", (start, end, last)).fetchall()
+            if not chunk:
+                return
+            last = chunk[-1][0]
+            for _, device, stream, ts, body in chunk:
+                yield device, stream, ts, bytes(body)
 
     def close(self) -> None:
         self.db.close()

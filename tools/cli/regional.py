@@ -16,8 +16,8 @@ from .common import broker_flags, broker_from_args
 
 
 def register(sub: Any, common: Any) -> None:
-    p = sub.add_parser("regional", help="the regional receiver (run until stopped), or its stats")
-    p.add_argument("action", nargs="?", choices=("run", "stats"), default="run")
+    p = sub.add_parser("regional", help="the regional receiver (run until stopped), its stats, or the central export")
+    p.add_argument("action", nargs="?", choices=("run", "stats", "export"), default="run")
     p.add_argument("--db", required=True, metavar="FILE|postgresql://…",
                    help="the regional store: a SQLite file (one site), or a PostgreSQL URL")
     p.add_argument("--share", help="MQTT 5 shared-subscription group, for several receivers (run)")
@@ -29,6 +29,15 @@ def register(sub: Any, common: Any) -> None:
     p.add_argument("--answer-nearest", action="store_true",
                    help="also answer the devices' nearest-neighbour queries from the regional index "
                         "(PostgreSQL with pgvector; run)")
+    e = p.add_argument_group("export: aggregated, de-identified Parquet for the central cloud")
+    e.add_argument("--out", type=Path, help="the folder that gets {region}/{start}-{end}.parquet")
+    e.add_argument("--region", help="this region's name")
+    e.add_argument("--secret-file", type=Path, help="the region's secret for the keyed hash of device ids (mode 600)")
+    e.add_argument("--window-start", type=float, help="unix time of the window (default: the last closed one)")
+    e.add_argument("--window-s", type=float, default=3600.0, help="window length (default 3600)")
+    e.add_argument("--bucket-s", type=float, default=300.0, help="time bucket (default 300)")
+    e.add_argument("--k", type=int, default=5, help="groups with fewer devices are left out (default 5)")
+    e.add_argument("--grace-s", type=float, default=300.0, help="a window closes this long after its end (default 300)")
     broker_flags(p)
     common(p)
     p.set_defaults(handler=cmd_regional)
@@ -67,6 +76,8 @@ def cmd_regional(args: argparse.Namespace) -> int:
             print(f"malformed payloads kept aside: {stats['malformed']}; spoofed envelopes kept aside: "
                   f"{stats['spoofed']}")
         return 0
+    if args.action == "export":
+        return _export(args, is_file, print_json)
     if not args.broker:
         raise ConfigError("--broker is required to run the receiver", "add --broker HOST[:PORT]")
     broker = broker_from_args(args)
@@ -94,6 +105,35 @@ def cmd_regional(args: argparse.Namespace) -> int:
         responder.stop()
         if engine is not None:
             engine.close()
+    return 0
+
+
+def _export(args: argparse.Namespace, is_file: bool, print_json: Any) -> int:
+    from edgeloop.sync.central_export import export_window, last_closed_window, read_secret
+    from edgeloop.sync.store import open_store
+
+    for flag, value in (("--out", args.out), ("--region", args.region), ("--secret-file", args.secret_file)):
+        if not value:
+            raise ConfigError(f"{flag} is required to export", "regional export --db … --out DIR --region NAME "
+                                                               "--secret-file FILE")
+    if is_file and not Path(args.db).exists():
+        raise ConfigError(f"--db: {args.db} does not exist", "give the regional database file")
+    secret = read_secret(args.secret_file)
+    start = args.window_start if args.window_start is not None else last_closed_window(args.window_s, args.grace_s)
+    store = open_store(args.db)
+    try:
+        done = export_window(store, args.out, args.region, secret, start, args.window_s, args.bucket_s, args.k,
+                             args.grace_s)
+    finally:
+        store.close()
+    figures = {"path": str(done.path), "outcome": done.outcome, "rows": done.rows, "records": done.records,
+               "suppressed_groups": done.suppressed_groups, "suppressed_records": done.suppressed_records}
+    if args.json:
+        print_json(figures)
+    else:
+        print(f"regional export: {done.path} {done.outcome}: {done.rows} rows ({done.records} records); "
+              f"{done.suppressed_groups} group(s) of fewer than {args.k} devices left out "
+              f"({done.suppressed_records} records)")
     return 0
 
 
