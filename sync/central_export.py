@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from edgeloop.runtime.durable_file import replace_durably
 from edgeloop.runtime.errors import ConfigError
 
 SCHEMA_FIELDS = ("region", "window_start", "bucket_start", "stream", "label", "device_key", "records")
@@ -140,9 +140,7 @@ def export_window(store: Any, out: str | Path, region: str, secret: bytes, windo
         except (OSError, pa.ArrowInvalid):
             outcome = "replaced"  # a damaged file from an interrupted copy elsewhere: written again
     if outcome != "unchanged":
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        replace_durably(path, sink.getvalue().to_pybytes())
     return Exported(path, outcome, len(kept), sum(n for _, n in kept), len(suppressed), suppressed_records)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeloop.runtime.durable_file import replace_durably
 from edgeloop.runtime.retrieval import VectorIndex, export_delta_chunks
 
 from .codec import MAX_BODY_BYTES
@@ -66,12 +66,7 @@ class IndexSharer:
             return {}
 
     def _save(self, state: dict[str, int]) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        replace_durably(self.state_path, json.dumps(state).encode())
 
     def share(self) -> Shared:
         """Enqueue what changed since the last share; returns what was sent and skipped."""

@@ -16,8 +16,8 @@ from conftest import REPO
 
 TOP = ("runtime", "models", "sync", "firmware_bridge", "tools")
 # What sync/, firmware_bridge/ and models/ may take from runtime/: the small shared parts.
-SHARED_RUNTIME = ("errors", "logs", "sqlite_files", "source_bytes", "tensors", "image_input", "retrieval",
-                  "watchdog.rungs")
+SHARED_RUNTIME = ("errors", "logs", "sqlite_files", "durable_file", "source_bytes", "tensors", "image_input",
+                  "retrieval", "watchdog.rungs")
 
 
 def _imports(path: Path) -> list[str]:

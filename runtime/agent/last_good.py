@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from edgeloop.runtime.durable_file import replace_durably
 
 log = logging.getLogger("edgeloop.config")
 
@@ -31,9 +32,4 @@ class LastGood:
             if isinstance(layers, dict) else {}
 
     def save(self, layers: dict[str, dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(layers, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        replace_durably(self.path, json.dumps(layers).encode())
