@@ -63,7 +63,7 @@ class RegionalIndex:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 conn.execute(_SCHEMA)
         except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile) as exc:
-            raise PgvectorMissing(str(exc).strip()) from exc
+            raise PgvectorMissing(str(exc).strip().splitlines()[0]) from exc  # one line: no DETAIL/HINT
 
     def _table(self, cur: psycopg.Cursor, model: str, version: str, dim: int, metric: str) -> str:
         key = (model, version, dim)
