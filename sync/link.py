@@ -194,18 +194,16 @@ class MqttLink:
         self._running = False
         if self.hub is not None:
             self.hub.close(self, timeout_s)  # says offline and disconnects on the hub's thread
-            self._delete_acked()
-            self._release_all()
-            return
-        with self._wake:
-            self._notify()
-        self._drainer.join(timeout_s)
-        if self.state == ONLINE:
-            c = self.config
-            info = self._client.publish(topic(c.fleet, c.device, "status"), b"offline", qos=1, retain=True)
-            info.wait_for_publish(timeout_s)
-        self._client.disconnect()
-        self._client.loop_stop()
+        else:
+            with self._wake:
+                self._notify()
+            self._drainer.join(timeout_s)
+            if self.state == ONLINE:
+                c = self.config
+                info = self._client.publish(topic(c.fleet, c.device, "status"), b"offline", qos=1, retain=True)
+                info.wait_for_publish(timeout_s)
+            self._client.disconnect()
+            self._client.loop_stop()
         self._delete_acked()
         self._release_all()
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import apsw
 
@@ -40,7 +40,9 @@ from edgeloop.runtime.errors import ConfigError, EdgeloopError
 from edgeloop.runtime.sqlite_files import bound_wal, integrity_problem, quarantine, time_limit
 
 from .codec import MAX_BATCH_BYTES, encode_body
-from .outbox_writer import SharedWriter
+
+if TYPE_CHECKING:
+    from .outbox_writer import SharedWriter
 
 log = logging.getLogger("edgeloop.outbox")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop.runtime.errors import ConfigError
 from edgeloop.runtime.retrieval import Collection
 from edgeloop.runtime.watchdog.rungs import RungFailed, RungTimeout
 
@@ -52,8 +53,6 @@ class RegionalLookup:
                  near: float = 0.02, fresh_s: float = 600.0, cache_size: int = 512) -> None:
         spec = collection.spec
         if offloader is not None and (not spec.model or not spec.model_version):
-            from edgeloop.runtime.errors import ConfigError
-
             raise ConfigError(f"collection '{spec.name}' names no embedding model and version",
                               "the regional index keeps vectors by model: create the collection with model= "
                               "and model_version=")

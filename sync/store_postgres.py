@@ -222,7 +222,10 @@ class PostgresStore:
             if self.index is not None:
                 models = conn.execute("SELECT model, model_version, dim, tbl FROM index_models").fetchall()
                 out["index"] = {"models": {f"{m} {v} ({d})": conn.execute(
-                    f"SELECT count(*) FROM {t} WHERE NOT deleted").fetchone()[0] for m, v, d, t in models}}
+                    f"SELECT count(*) FROM {t} WHERE NOT deleted").fetchone()[0] for m, v, d, t in models},
+                    "deltas_applied": self.index.applied, "deltas_refused": self.index.refused}
+            else:
+                out["index"] = {"pgvector": False, "deltas_not_indexed": self.index_unindexed}
             return out
 
         return self._read(query)

@@ -31,6 +31,14 @@ def devices(tmp_path, hub, port, n=DEVICES, **config):
     return boxes, links
 
 
+def stop(hub, links, boxes) -> None:
+    for link in links:
+        link.stop()
+    hub.stop()
+    for box in boxes:
+        box.close()
+
+
 def test_many_devices_on_one_thread_through_a_broker_kill_lose_nothing_and_store_nothing_twice(
         tmp_path, broker, regional):
     hub = LinkHub()
@@ -56,11 +64,7 @@ def test_many_devices_on_one_thread_through_a_broker_kill_lose_nothing_and_store
         assert sum(stats[box.device]["records"] for box in boxes) == len(ids)  # nothing stored twice
         assert hub.stats() == {"links": DEVICES, "online": DEVICES, "alive": True, "errors": 0}
     finally:
-        for link in links:
-            link.stop()
-        hub.stop()
-        for box in boxes:
-            box.close()
+        stop(hub, links, boxes)
     assert hub.stats()["links"] == 0 and not hub.stats()["alive"]
 
 
@@ -83,14 +87,10 @@ def test_a_hub_link_falls_back_to_mqtt_311_on_a_broker_that_refuses_mqtt_5(tmp_p
         assert store.ids() == ids
         assert {link.stats()["protocol"] for link in links} == {"3.1.1"}
     finally:
-        for link in links:
-            link.stop()
-        hub.stop()
+        stop(hub, links, boxes)
         receiver.stop()
         store.close()
         nats.stop()
-        for box in boxes:
-            box.close()
 
 
 def test_one_devices_failing_drain_is_logged_and_counted_and_the_others_go_on(tmp_path, broker, regional, caplog):
@@ -112,11 +112,7 @@ def test_one_devices_failing_drain_is_logged_and_counted_and_the_others_go_on(tm
         assert "hub-0's drain failed" in caplog.text
         assert rows(boxes[0]) == 1  # kept, not lost
     finally:
-        for link in links:
-            link.stop()
-        hub.stop()
-        for box in boxes:
-            box.close()
+        stop(hub, links, boxes)
 
 
 def test_a_rate_cap_is_refused_on_a_hub_with_the_fix(tmp_path):

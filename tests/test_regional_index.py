@@ -97,7 +97,8 @@ def test_deltas_reach_pgvector_once_and_in_order_and_only_ids_and_vectors_leave_
         a.box.enqueue(INDEX_STREAM, old_delta)  # an older delta, arriving late (a resend)
         wait_for(lambda: rows(a.box) == 0, 20, "the late delta committed")
         assert "a1" not in [n["id"] for n in store.nearest("emb", "1", near(1), k=3)]  # it changed nothing
-        assert store.stats()["index"]["models"] == {"emb 1 (16)": 4}
+        index = store.stats()["index"]
+        assert index["models"] == {"emb 1 (16)": 4} and index["deltas_refused"] == 0 and index["deltas_applied"] >= 4
     finally:
         a.close()
         b.close()
@@ -152,6 +153,7 @@ def test_hostile_index_deltas_are_kept_aside_and_the_rest_is_committed(tmp_path,
         d.box.enqueue("s", {"plain": 1})
         wait_for(lambda: rows(d.box) == 0, 20, "every record committed")
         assert store.stats()["malformed"] == 4 and "kept aside" in caplog.text
+        assert store.stats()["index"]["deltas_refused"] == 4
         assert store.nearest("emb", "1", near(5), k=1)[0]["id"] == "h0"
         assert len(store.ids()) == 6
     finally:
@@ -164,6 +166,7 @@ def test_without_pgvector_deltas_are_stored_and_the_receiver_says_so(tmp_path, p
     try:
         assert store.index is None and "has no pgvector" in caplog.text and "postgresql-16-pgvector" in caplog.text
         assert store.nearest("emb", "1", near(0), k=1) == []
+        assert store.stats()["index"] == {"pgvector": False, "deltas_not_indexed": 0}
     finally:
         store.close()
 
