@@ -50,8 +50,6 @@ class RegionalIndex:
     body)`` inside a commit, ``nearest(conn, …)`` for a query."""
 
     def __init__(self) -> None:
-        self.applied = 0  # deltas applied
-        self.refused = 0  # deltas that did not decode or did not fit their model's table
         self._tables: dict[tuple[str, str, int], tuple[str, str]] = {}  # -> (table, metric)
 
     @staticmethod
@@ -91,19 +89,15 @@ class RegionalIndex:
             data = msgpack.unpackb(body, raw=False)
             delta = read_delta(data if isinstance(data, bytes) else b"")
         except (BadDelta, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            self.refused += 1
             return f"index delta refused: {getattr(exc, 'problem', exc)}"
         metric = delta.get("metric", "cosine")
         model, version = delta.get("model"), delta.get("model_version")
         if metric not in _OPS or not isinstance(model, str) or not model or not isinstance(version, str):
-            self.refused += 1
             return "index delta refused: it names no embedding model and version, or an unknown metric"
         if not 0 < delta["dim"] <= MAX_DIM:
-            self.refused += 1
             return f"index delta refused: {delta['dim']} dimensions (HNSW takes 1 to {MAX_DIM})"
         vectors = np.frombuffer(b"".join(item["vector"] for item in delta["items"]), np.float32)
         if not np.isfinite(vectors).all():
-            self.refused += 1
             return "index delta refused: a vector holds NaN or infinity"
         tbl = self._table(cur, model, version, delta["dim"], metric)
         collection, stamp = delta["collection"], delta["version"]
@@ -123,7 +117,6 @@ class RegionalIndex:
                 "true, %s) ON CONFLICT (device, collection, id) DO UPDATE SET version = excluded.version, "
                 f"deleted = true, label = NULL, metadata = NULL, embedding = NULL, received = excluded.received "
                 f"WHERE {tbl}.version < excluded.version", gone)
-        self.applied += 1
         return None
 
     def nearest(self, conn: psycopg.Connection, model: str, version: str, vector: np.ndarray, k: int = 10,

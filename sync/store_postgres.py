@@ -56,7 +56,6 @@ class PostgresStore:
         self._conn: psycopg.Connection | None = None
         self._staged_until = 0.0  # monotonic: until then every batch goes through the staging table
         self.index: RegionalIndex | None = RegionalIndex()  # None: the server has no pgvector
-        self.index_unindexed = 0  # index deltas stored as records only (no pgvector)
         self._connection()  # a wrong URL or a server that is not there fails here, at start
 
     def _connection(self) -> psycopg.Connection:
@@ -146,15 +145,13 @@ class PostgresStore:
             if stream != INDEX_STREAM:
                 continue
             if self.index is None:
-                self.index_unindexed += 1
-                continue
+                continue  # stored as a record; said at start
             try:
                 with conn.transaction():
                     problem = self.index.apply(cur, device, body, received)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                self.index.refused += 1
                 problem = f"index delta refused by PostgreSQL: {str(exc).strip()}"
             if problem:
                 log.warning("regional: %s's index delta (seq %s) kept aside: %s", device, seq, problem)
@@ -223,9 +220,11 @@ class PostgresStore:
                 models = conn.execute("SELECT model, model_version, dim, tbl FROM index_models").fetchall()
                 out["index"] = {"models": {f"{m} {v} ({d})": conn.execute(
                     f"SELECT count(*) FROM {t} WHERE NOT deleted").fetchone()[0] for m, v, d, t in models},
-                    "deltas_applied": self.index.applied, "deltas_refused": self.index.refused}
+                    # from the table, not a counter: `regional stats` is another process
+                    "deltas_refused": conn.execute("SELECT count(*) FROM malformed WHERE topic LIKE %s",
+                                                   (f"%/data/{INDEX_STREAM}",)).fetchone()[0]}
             else:
-                out["index"] = {"pgvector": False, "deltas_not_indexed": self.index_unindexed}
+                out["index"] = {"pgvector": False}
             return out
 
         return self._read(query)

@@ -98,7 +98,7 @@ def test_deltas_reach_pgvector_once_and_in_order_and_only_ids_and_vectors_leave_
         wait_for(lambda: rows(a.box) == 0, 20, "the late delta committed")
         assert "a1" not in [n["id"] for n in store.nearest("emb", "1", near(1), k=3)]  # it changed nothing
         index = store.stats()["index"]
-        assert index["models"] == {"emb 1 (16)": 4} and index["deltas_refused"] == 0 and index["deltas_applied"] >= 4
+        assert index["models"] == {"emb 1 (16)": 4} and index["deltas_refused"] == 0
     finally:
         a.close()
         b.close()
@@ -166,7 +166,7 @@ def test_without_pgvector_deltas_are_stored_and_the_receiver_says_so(tmp_path, p
     try:
         assert store.index is None and "has no pgvector" in caplog.text and "postgresql-16-pgvector" in caplog.text
         assert store.nearest("emb", "1", near(0), k=1) == []
-        assert store.stats()["index"] == {"pgvector": False, "deltas_not_indexed": 0}
+        assert store.stats()["index"] == {"pgvector": False}
     finally:
         store.close()
 
