@@ -28,9 +28,8 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import urllib3
 
@@ -82,7 +81,6 @@ class Progress:
     restarts: int = 0  # times the file started over from byte 0
     rate_bps: float = 0.0
     last_error: str | None = None
-    started: float = field(default_factory=time.monotonic)
 
     def eta_s(self) -> float | None:
         return (self.length - self.have) / self.rate_bps if self.rate_bps > 0 else None

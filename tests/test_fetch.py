@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -169,7 +168,6 @@ def test_a_state_file_of_another_target_is_not_resumed(served):
 
 KILLED = """
 import sys
-from pathlib import Path
 from edgeloop.sync.fetch import Fetcher, FetchPolicy
 Fetcher(FetchPolicy(sync_every_bytes=128 * 1024)).fetch(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
 """
