@@ -168,6 +168,7 @@ def test_a_state_file_of_another_target_is_not_resumed(served):
 
 KILLED = """
 import sys
+from pathlib import Path
 from edgeloop.sync.fetch import Fetcher, FetchPolicy
 Fetcher(FetchPolicy(sync_every_bytes=128 * 1024)).fetch(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
 """
@@ -179,14 +180,22 @@ def test_kill_9_mid_download_resumes_from_the_last_durable_offset(served):
     server.knobs.slow_bps = 1024 * 1024
     proc = subprocess.Popen([sys.executable, "-c", KILLED, f"{server.url}/model.tflite", str(dest / "model.tflite"),
                              str(SIZE), sha])
-    deadline = time.monotonic() + 20
-    while server.sent["model.tflite"] < SIZE // 2 and time.monotonic() < deadline:
+    state_file = dest / "model.tflite.part.json"
+
+    def durable_offset() -> int:
+        try:
+            return json.loads(state_file.read_text())["offset"]
+        except (OSError, ValueError):
+            return 0
+
+    deadline = time.monotonic() + 30  # what the client made durable, not what the server wrote
+    while durable_offset() < SIZE // 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = server.sent["model.tflite"]
-    state = json.loads((dest / "model.tflite.part.json").read_text())
-    assert 0 < state["offset"] <= before
+    state = json.loads(state_file.read_text())
+    assert SIZE // 3 <= state["offset"] <= before
     server.knobs.slow_bps = None
     progress = Progress(SIZE)
     assert fetch(server, sha, dest, progress=progress).read_bytes() == data
