@@ -129,3 +129,25 @@ def test_keys_readable_by_others_are_refused(signed):
     with pytest.raises(ConfigError) as err:
         repo.timestamp()
     assert "chmod 600" in str(err.value)
+
+
+def test_the_release_command_signs_what_a_device_then_fetches(tmp_path, capsys):
+    from edgeloop.tools.cli import main
+
+    flags = ["--repo", str(tmp_path / "repo"), "--keys", str(tmp_path / "keys")]
+    assert main(["release", "init", *flags, "--group", "cams"]) == 0
+    add = ["release", "add", *flags, "--group", "cams", "--model", "digits", "--p95-ms", "5"]
+    assert main([*add, "--manifest", str(CANDIDATES / "digits_v2.toml")]) == 0
+    assert main([*add, "--manifest", str(CANDIDATES / "digits_bad.toml")]) == 2  # fails its golden set here
+    assert "fails its own golden set" in capsys.readouterr().err
+    assert main(["release", "list", *flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"cams": {"digits": ["1.1.0"]}}
+    with BundleServer(tmp_path / "repo") as server:
+        got = BundleTrust(tmp_path / "tuf", server.url, tmp_path / "repo" / "metadata" / "root.json").fetch_bundle(
+            "cams", "digits", "1.1.0", tmp_path / "slot", Fetcher(FAST))
+        assert got.spec.probation.p95_ms == 5.0
+        assert main(["release", "remove", *flags, "--group", "cams", "--model", "digits", "--version", "1.1.0"]) == 0
+        with pytest.raises(TrustError) as err:  # the next metadata no longer signs it
+            BundleTrust(tmp_path / "tuf", server.url, tmp_path / "repo" / "metadata" / "root.json").fetch_bundle(
+                "cams", "digits", "1.1.0", tmp_path / "slot2", Fetcher(FAST))
+        assert err.value.kind == "not signed"
