@@ -788,7 +788,7 @@ class Outbox:
     def _ack(self, seqs: list[int], epoch: str | None) -> int:
         inflight = self._inflight
         mine = self.epoch
-        seqs = sorted(s for s in seqs if s in inflight and (epoch is None or (inflight[s][2] or mine) == epoch))
+        seqs = sorted({s for s in seqs if s in inflight and (epoch is None or (inflight[s][2] or mine) == epoch)})
         if not seqs:
             return 0
         # Without the fsync: a delete a power cut loses only sends the records again (the store

@@ -331,8 +331,11 @@ def test_acks_delete_only_their_epochs_records_in_runs_and_keep_the_counts_true(
         seqs = [r["seq"] for r in box.next_batch(max_records=40, live_share=0)]
         old = [s for s in seqs if s % 7 == 0]
         assert box.ack(seqs, "not-an-epoch") == 0
+        with caplog.at_level(logging.WARNING, logger="edgeloop.outbox"):
+            assert box.ack([seqs[1], seqs[1], seqs[2]], box.epoch) == 2  # overlapping ranges: each seq once
+        assert "recounting" not in caplog.text and counts_true()
         holes = [s for s in seqs if s % 5]  # runs broken by holes and by the other epoch's seqs
-        assert box.ack(holes, box.epoch) == len([s for s in holes if s % 7])
+        assert box.ack(holes, box.epoch) == len([s for s in holes if s % 7 and s not in seqs[1:3]])
         assert counts_true()
         assert box.ack(seqs, "old") == len(old)
         assert counts_true()
