@@ -26,6 +26,8 @@ from tuf.ngclient import Updater, UpdaterConfig
 
 from edgeloop.runtime.errors import EdgeloopError
 
+from edgeloop.models.store import sha256_of
+
 from .bundle import BundleSpec, parse_bundle
 from .fetch import Fetcher, FetchError, Progress
 
@@ -164,29 +166,19 @@ class BundleTrust:
         sha = info.hashes.get("sha256")
         if sha is None:
             raise TrustError(f"rollout: {info.path} is signed without a sha256", "release it again", kind="invalid")
-        if dest.exists() and dest.stat().st_size == info.length and _sha256(dest) == sha:
-            return dest  # fetched and verified by an earlier attempt
-        part = Progress(info.length)
-        try:
-            fetcher.fetch(self.url(info), dest, info.length, sha, part)
-        except FetchError as exc:
-            if exc.reason == "hash mismatch":
-                raise TrustError(f"rollout: {info.path}: {exc.problem}", exc.fix, kind="wrong hash") from None
-            raise
-        finally:
-            if progress is not None:
-                progress.fetched += part.fetched
-                progress.have += part.have if dest.exists() else 0
-                progress.attempts += part.attempts
-                progress.rate_bps = part.rate_bps or progress.rate_bps
+        if not (dest.exists() and dest.stat().st_size == info.length and sha256_of(dest) == sha):
+            part = Progress(info.length)  # this file's; the bundle's sums them
+            try:
+                fetcher.fetch(self.url(info), dest, info.length, sha, part)
+            except FetchError as exc:
+                if exc.reason == "hash mismatch":
+                    raise TrustError(f"rollout: {info.path}: {exc.problem}", exc.fix, kind="wrong hash") from None
+                raise
+            finally:
+                if progress is not None:
+                    progress.fetched += part.fetched
+                    progress.attempts += part.attempts
+                    progress.rate_bps = part.rate_bps or progress.rate_bps
+        if progress is not None:
+            progress.have += info.length
         return dest
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

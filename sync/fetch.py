@@ -183,8 +183,6 @@ class Fetcher:
                 if wait:
                     log.info("rollout: %s; retrying in %.1f s", exc.reason, wait)
                     self._cancel.wait(wait)
-        if self._cancel.is_set() and progress.have < length:
-            raise FetchCancelled(f"download of {url} cancelled", "the partial file is kept", reason="cancelled")
         if d.digest.hexdigest() != sha256:
             d.restart()  # what is on disk is not the file: nothing of it is worth resuming
             raise FetchError(f"download of {url}: sha256 {d.digest.hexdigest()[:16]}… is not the signed "

@@ -16,6 +16,7 @@ Every transition is counted per rollout; past ``MAX_TRANSITIONS`` the rollout is
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -84,9 +85,6 @@ CREATE TABLE IF NOT EXISTS bad (version TEXT NOT NULL, sha256 TEXT NOT NULL, rea
 
 class RolloutStore:
     def __init__(self, path: Path, initial_version: str | None = None) -> None:
-        import json
-
-        self._json = json
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = apsw.Connection(str(self.path))
@@ -100,14 +98,14 @@ class RolloutStore:
             self._save(self._state)
         else:
             fields = RolloutState.__dataclass_fields__
-            self._state = RolloutState(**{k: v for k, v in self._json.loads(row[0]).items() if k in fields})
+            self._state = RolloutState(**{k: v for k, v in json.loads(row[0]).items() if k in fields})
 
     @property
     def state(self) -> RolloutState:
         return self._state
 
     def _save(self, state: RolloutState) -> None:
-        doc = self._json.dumps({k: v for k, v in asdict(state).items()})
+        doc = json.dumps(asdict(state))
         with self._db:
             self._db.execute("INSERT INTO state VALUES (1, ?) ON CONFLICT (one) DO UPDATE SET doc = excluded.doc",
                              (doc,))

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from edgeloop.sync.bundle import ProbationSpec
 from edgeloop.sync.bundle_trust import BundleTrust, TrustError
-from edgeloop.sync.fetch import Fetcher, FetchPolicy
+from edgeloop.sync.fetch import Fetcher, FetchPolicy, Progress
 from edgeloop.tools.release.bundle import make_bundle
 from edgeloop.tools.release.repository import ReleaseRepository
 from edgeloop.tools.testing.bundle_server import BundleServer
@@ -47,8 +47,13 @@ def device(server, image_root, tmp_path, **kw) -> BundleTrust:
 
 def test_a_signed_bundle_arrives_whole_and_verified(signed):
     repo, server, version, root, tmp = signed
-    got = device(server, root, tmp).fetch_bundle("cams", "digits", version, tmp / "slot", Fetcher(FAST))
+    progress = Progress(0)
+    got = device(server, root, tmp).fetch_bundle("cams", "digits", version, tmp / "slot", Fetcher(FAST), progress)
     assert got.spec.version == "1.1.0" and got.targets_version == 2
+    assert progress.have == progress.length == progress.fetched == sum(n for p, n in server.sent.items() if p.startswith("targets/"))
+    again = Progress(0)  # every file already here and verified: nothing fetched again
+    device(server, root, tmp).fetch_bundle("cams", "digits", version, tmp / "slot", Fetcher(FAST), again)
+    assert again.have == again.length == progress.length and again.fetched == 0
     for name in got.spec.files:
         assert (got.folder / name).read_bytes() == (tmp / "bundle-digits_v2" / name).read_bytes()
 
