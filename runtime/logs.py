@@ -87,3 +87,26 @@ def say(message: str, logger: str = "edgeloop", **fields: Any) -> None:
     else:
         sys.stdout.write(message + "\n")
     sys.stdout.flush()
+
+
+class Throttled:
+    """A warning that hostile or broken peers can repeat at will (a malformed message, a
+    refused request): the first is logged, then at most one line per ``every_s``, saying how
+    many came since. The caller still counts each one in its metrics."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0) -> None:
+        self.logger, self.every_s = logger, every_s
+        self._next = 0.0
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return
+            held, self._held, self._next = self._held, 0, now + self.every_s
+        if held:
+            message += f" (and {held} more like it since the last such line)"
+        self.logger.warning(message, *args)

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop.runtime.errors import ConfigError
+from edgeloop.runtime.logs import Throttled
 
 from .acks import MalformedAck, decode_ack
 from .codec import encode_batch
@@ -106,6 +107,7 @@ class MqttLink:
         self.delivered = 0  # records the regional store acknowledged (committed)
         self.acks = 0  # commit acks taken
         self.bad_acks = 0  # malformed acks, ignored
+        self._bad_ack_log = Throttled(log)  # anyone who can publish there can send them at will
         self._committed: dict[str, list[int]] = {}  # epoch -> seqs named by commit acks, not yet deleted
         self._puback_seqs: list[int] = []  # the broker has them, not yet marked sent
         self._timeout_s = config.commit_timeout_s
@@ -315,7 +317,7 @@ class MqttLink:
             ack = decode_ack(message.payload)
         except MalformedAck as exc:
             self.bad_acks += 1
-            log.warning("link: a malformed commit ack on %s ignored: %s", message.topic, exc.problem)
+            self._bad_ack_log.warning("link: a malformed commit ack on %s ignored: %s", message.topic, exc.problem)
             return
         with self._wake:
             self.acks += 1

@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop.runtime.errors import EdgeloopError
+from edgeloop.runtime.logs import Throttled
 from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 from edgeloop.runtime.watchdog.rungs import Rung, RungFailed, RungTimeout
 
@@ -139,6 +140,7 @@ class Responder:
         self.answered = 0
         self.failed = 0
         self.unanswerable = 0
+        self._unanswerable_log = Throttled(log)  # any client can send these at will
         self.connected = threading.Event()
         wanted = subscription or topic(fleet, "+", "req")
         self._subscription = f"$share/{share}/{wanted}" if share else wanted
@@ -163,7 +165,7 @@ class Responder:
         cid = getattr(props, "CorrelationData", None)
         if not reply_to or has_wildcard(reply_to):
             self.unanswerable += 1
-            log.warning("request on %s: %s; not answered", message.topic,
+            self._unanswerable_log.warning("request on %s: %s; not answered", message.topic,
                         "no response topic" if not reply_to else f"response topic {reply_to!r} has a wildcard")
             return
         answer = self.answer(message.payload)

@@ -30,6 +30,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeloop.runtime.logs import Throttled
+
 from .acks import encode_ack
 from .mqtt_client import BrokerConfig, Guard, make_client, refuses_mqtt5
 from .store import Committed, Store, StoreUnavailable
@@ -69,6 +71,8 @@ class RegionalReceiver:
         self._data_mid: int | None = None
         self.messages = 0  # payloads this receiver committed
         self.records = self.duplicates = self.spoofed = self.malformed = 0
+        # Any client that can publish on the data topics can make these at will: counted each, said now and then.
+        self._spoofed_log, self._malformed_log = Throttled(log), Throttled(log)
         self.acks_sent = 0
         self.store_errors = 0
         self.online: dict[str, set[str]] = {}  # fleet -> devices whose retained status says online
@@ -208,10 +212,10 @@ class RegionalReceiver:
             self.spoofed += committed.spoofed
             self.malformed += committed.malformed
             if committed.spoofed:
-                log.warning("regional: %d envelope(s) named another device than their topic; kept aside as spoofed",
-                            committed.spoofed)
+                self._spoofed_log.warning("regional: %d envelope(s) named another device than their topic; kept "
+                                          "aside as spoofed", committed.spoofed)
             if committed.malformed:
-                log.warning("regional: %d malformed payload(s) kept aside", committed.malformed)
+                self._malformed_log.warning("regional: %d malformed payload(s) kept aside", committed.malformed)
 
     def _commit(self, batch: list[mqtt.MQTTMessage]) -> Committed:
         """One transaction for the batch. A batch the store refuses for a reason other than being

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, Sequence
 import psycopg
 from psycopg.types.string import BytesBinaryDumper
 
+from edgeloop.runtime.logs import Throttled
+
 from .regional_index import PgvectorMissing, RegionalIndex
 from .store import ROW_FIELDS, Committed, StoreUnavailable, device_stats, sort_messages
 from .topics import INDEX_STREAM
@@ -56,6 +58,7 @@ class PostgresStore:
         self._conn: psycopg.Connection | None = None
         self._staged_until = 0.0  # monotonic: until then every batch goes through the staging table
         self.index: RegionalIndex | None = RegionalIndex()  # None: the server has no pgvector
+        self._refused_log = Throttled(log)  # a device can send refused deltas at will
         self._connection()  # a wrong URL or a server that is not there fails here, at start
 
     def _connection(self) -> psycopg.Connection:
@@ -154,7 +157,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 problem = f"index delta refused by PostgreSQL: {str(exc).strip()}"
             if problem:
-                log.warning("regional: %s's index delta (seq %s) kept aside: %s", device, seq, problem)
+                self._refused_log.warning("regional: %s's index delta (seq %s) kept aside: %s", device, seq, problem)
                 intake.malformed.append((received, f"edgeloop/v1/?/{device}/data/{INDEX_STREAM}", problem, body))
 
     def nearest(self, model: str, version: str, vector: Any, k: int = 10,

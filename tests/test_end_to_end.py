@@ -4,6 +4,7 @@ real PostgreSQL. Kill counts are small here; ``make soak`` raises them (EDGELOOP
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -206,6 +207,36 @@ def test_an_envelope_naming_another_device_is_kept_aside_as_spoofed(tmp_path, br
         assert acks == []  # nothing was committed for anyone
     finally:
         pub.loop_stop()
+
+
+def test_a_flood_of_malformed_acks_is_counted_logged_sparingly_and_the_drain_goes_on(tmp_path, broker, caplog):
+    """Anyone who can publish on a device's ack topic can send garbage at will: every one is
+    counted, the log gets a line now and then (not one each), and real acks still delete."""
+    with Outbox(tmp_path / "o.db", "cam-f") as box, caplog.at_level(logging.WARNING, logger="edgeloop.link"):
+        link = MqttLink(box, LinkConfig("127.0.0.1", broker.port, fleet="f1", device="cam-f"))
+        store = SqliteStore(tmp_path / "regional.db")
+        receiver = RegionalReceiver(store, BrokerConfig("127.0.0.1", broker.port), fleet="f1", client_id="rx-f")
+        receiver.start()
+        link.start()
+        flood = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        flood.connect("127.0.0.1", broker.port)
+        flood.loop_start()
+        try:
+            wait_for(lambda: link.stats()["state"] == "online", 10, "the link online")
+            for n in range(300):
+                flood.publish(topic("f1", "cam-f", "ack"), b"\xc1" if n % 2 else b"[5, 3]", qos=0)
+            ids = {e.id for e in box.enqueue_many(("s", {"n": n}) for n in range(200))}
+            wait_for(lambda: rows(box) == 0, 30, "the outbox emptied by the real acks")
+            wait_for(lambda: link.stats()["bad_acks"] >= 250, 10, "the malformed acks counted")
+            assert store.ids() == ids
+            lines = [r for r in caplog.records if "malformed commit ack" in r.getMessage()]
+            assert 1 <= len(lines) <= 3, len(lines)
+        finally:
+            flood.disconnect()
+            flood.loop_stop()
+            link.stop()
+            receiver.stop()
+            store.close()
 
 
 def test_a_receiver_on_the_wrong_fleet_says_so_and_the_device_keeps_its_records(tmp_path, broker, caplog):
