@@ -140,11 +140,16 @@ def test_the_release_command_signs_what_a_device_then_fetches(tmp_path, capsys):
     from edgeloop.tools.cli import main
 
     flags = ["--repo", str(tmp_path / "repo"), "--keys", str(tmp_path / "keys")]
+    assert main(["release", "init", *flags, "--group", "cams", "--group", "root"]) == 2  # a TUF role's name
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "keys").exists()  # nothing half made
     assert main(["release", "init", *flags, "--group", "cams"]) == 0
     add = ["release", "add", *flags, "--group", "cams", "--model", "digits", "--p95-ms", "5"]
     assert main([*add, "--manifest", str(CANDIDATES / "digits_v2.toml")]) == 0
     assert main([*add, "--manifest", str(CANDIDATES / "digits_bad.toml")]) == 2  # fails its golden set here
     assert "fails its own golden set" in capsys.readouterr().err
+    # What every device would refuse is not signed: the release runs the devices' own check.
+    assert main([*add[:-1], "-3", "--manifest", str(CANDIDATES / "digits_slow.toml")]) == 2
+    assert "probation.p95_ms is -3.0" in capsys.readouterr().err
     assert main(["release", "list", *flags, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"cams": {"digits": ["1.1.0"]}}
     with BundleServer(tmp_path / "repo") as server:

@@ -55,13 +55,25 @@ def register(sub: Any, common: Any) -> None:
 
     sp = rsub.add_parser("timestamp", help="sign a fresh timestamp (run it on a schedule: it expires in a day)")
     repo_flags(sp)
-    sp.add_argument("--days", type=float, default=1.0)
+    sp.add_argument("--days", type=_positive, default=1.0, help="how long it is valid (default 1)")
     sp.set_defaults(handler=cmd_timestamp)
 
     sp = rsub.add_parser("list", help="the groups and their signed bundles")
     repo_flags(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(handler=cmd_list)
+
+
+def _positive(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > 3650:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days within 0..3650")
+    return value
 
 
 def _repo(args: argparse.Namespace) -> Any:

@@ -20,7 +20,7 @@ from edgeloop.models.store import ModelStore
 from edgeloop.runtime import golden
 from edgeloop.runtime.engine import Engine, EngineConfig
 from edgeloop.runtime.errors import ConfigError
-from edgeloop.sync.bundle import BundleSpec, GoldenBounds, ProbationSpec
+from edgeloop.sync.bundle import BundleError, BundleSpec, GoldenBounds, ProbationSpec, parse_bundle
 
 
 def _toml_value(value: Any) -> str:
@@ -94,5 +94,10 @@ def make_bundle(manifest: Path, model: str, out: Path, probation: ProbationSpec,
     files.append("golden.npz")
     spec = BundleSpec(model, entry.version, "manifest.toml", tuple(files), GoldenBounds("golden.npz", min_top1, max_abs),
                       probation)
-    (out / "bundle.toml").write_text(spec.to_toml())
+    text = spec.to_toml().encode()
+    try:  # the devices' own check, here: nothing is signed that every device would refuse
+        parse_bundle(text)
+    except BundleError as exc:
+        raise ConfigError(f"release: {exc.problem}", "fix the flag or the manifest entry it comes from") from None
+    (out / "bundle.toml").write_bytes(text)
     return spec

@@ -35,6 +35,12 @@ EXPIRY_DAYS = {"root": 365.0, "targets": 180.0, "group": 90.0, "snapshot": 7.0, 
 _JSON = JSONSerializer(compact=False)
 
 
+def _check_group(group: str) -> None:
+    check_name("--group", group)
+    if group in TOP_ROLES:
+        raise ConfigError(f"release: '{group}' is a TUF role name", "name the group otherwise")
+
+
 def _expires(days: float) -> datetime:
     return (datetime.now(timezone.utc) + timedelta(days=days)).replace(microsecond=0)
 
@@ -99,8 +105,10 @@ class ReleaseRepository:
     def init(self, groups: list[str], expiry_days: dict[str, float] | None = None) -> None:
         """A new repository with fresh keys: the top roles and one delegated role per group."""
         days = {**EXPIRY_DAYS, **(expiry_days or {})}
-        for group in groups:
-            check_name("--group", group)
+        for group in groups:  # all checked before anything is written: no half-made repository
+            _check_group(group)
+        if len(set(groups)) != len(groups):
+            raise ConfigError("release: a group is named twice", "name each group once")
         if self.metadata.exists() and any(self.metadata.iterdir()):
             raise ConfigError(f"release: {self.metadata} already holds a repository",
                               "use another --repo, or add groups with `edgeloop release group`")
@@ -122,9 +130,7 @@ class ReleaseRepository:
 
     def add_group(self, group: str, expiry_days: float = EXPIRY_DAYS["group"], publish: bool = True) -> None:
         """A fleet group: a role of its own (and key), trusted by targets for the group's paths only."""
-        check_name("--group", group)
-        if group in TOP_ROLES:
-            raise ConfigError(f"release: '{group}' is a TUF role name", "name the group otherwise")
+        _check_group(group)
         top = self.load("targets")
         assert top.signed.delegations is not None and top.signed.delegations.roles is not None
         if group in top.signed.delegations.roles:
