@@ -227,15 +227,20 @@ class McuLink:
             return
         with self._ready:
             new = self.session is None or self.session.get("boot") != boot
+            # The commands of the old session are taken out before anyone can see READY: a
+            # command sent in the new session (right after wait_ready) must not be failed with them.
+            stale, self._pending = (list(self._pending.values()), {}) if new else ([], self._pending)
             self.session = payload
             self.state = READY
             self._ready.notify_all()
+        for pending in stale:
+            pending.error = SessionReset("the MCU reset while the command waited; it may have been "
+                                         "applied once and will not be sent again",
+                                         "check the MCU's state, then send it again if needed")
+            pending.done.set()
         if new:
             self.counts["sessions"] += 1
             log.info("serial: session with %s (boot %s)", payload.get("fw"), boot)
-            self._fail_pending(SessionReset("the MCU reset while the command waited; it may have been "
-                                            "applied once and will not be sent again",
-                                            "check the MCU's state, then send it again if needed"))
 
     def _fail_pending(self, error: EdgeloopError) -> None:
         with self._lock:

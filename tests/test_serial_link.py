@@ -46,6 +46,28 @@ def test_handshake_streaming_and_commands(sim, link):
     assert len(sim.applied()) == 1 and link.stats()["acks"] == 1
 
 
+def test_a_command_sent_as_soon_as_the_session_is_ready_is_not_failed_as_stale(sim, monkeypatch):
+    """Found in CI (the socket:// test): READY was visible before the old session's commands
+    were failed, so a command sent right after wait_ready could be failed as if the MCU had
+    reset. The window is widened here by a slow log line where the old code failed them."""
+    import edgeloop.firmware_bridge.link as link_module
+
+    real = link_module.log.info
+
+    def slow_info(message, *args):
+        if message.startswith("serial: session"):
+            time.sleep(0.3)
+        real(message, *args)
+
+    monkeypatch.setattr(link_module.log, "info", slow_info)
+    mcu = McuLink(LinkConfig(str(sim.link), timeout_s=1.0, retries=1)).start()
+    try:
+        assert mcu.wait_ready(5), mcu.stats()
+        assert mcu.command("motor", {"on": False})["motor"] is False
+    finally:
+        mcu.stop()
+
+
 def test_a_lost_ack_is_retransmitted_and_the_mcu_applies_the_command_once(sim, link):
     sim.tell("drop-acks 2")
     time.sleep(0.1)
