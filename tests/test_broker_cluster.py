@@ -113,3 +113,31 @@ def test_a_nats_node_sigkilled_mid_drain_loses_nothing_and_stores_nothing_twice(
         receiver.stop()
         box.close()
         store.close()
+
+
+def test_a_cluster_that_does_not_come_up_is_started_afresh_on_new_ports(tmp_path, monkeypatch, capfd):
+    """The harness itself: CI once saw a 3-node cluster route but never elect its metadata
+    leader. The first attempt is made to fail; the second, on fresh ports, serves MQTT."""
+    nats = NatsCluster(tmp_path / "nats", 3)
+    first_ports = nats.mqtt_ports
+    real_wait = NatsCluster._wait
+    calls = []
+
+    def failing_once(self, nodes, timeout_s):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no metadata leader (made to fail)")
+        return real_wait(self, nodes, timeout_s)
+
+    monkeypatch.setattr(NatsCluster, "_wait", failing_once)
+    nats.start()
+    try:
+        assert len(calls) == 2
+        assert set(nats.mqtt_ports).isdisjoint(first_ports)
+        assert all(n.listening() for n in nats.nodes)
+        assert "attempt 1 of 3 did not come up" in capfd.readouterr().err
+    finally:
+        nats.stop()
+    monkeypatch.setattr(NatsCluster, "_wait", lambda self, nodes, t: (_ for _ in ()).throw(RuntimeError("never")))
+    with pytest.raises(RuntimeError, match="never"):
+        NatsCluster(tmp_path / "nats2", 1).start(attempts=2)
