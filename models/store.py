@@ -65,7 +65,12 @@ def unregistered_entry(path: Path) -> ModelEntry:
 
 
 class ModelStore:
-    """All registered models, by name, from one or more manifests."""
+    """All registered models, by name, from one or more manifests.
+
+    A rollout's bundles layer over them: ``install(entry)`` makes a name resolve to an
+    installed bundle's entry (the version a device committed to) and ``uninstall(name)`` takes
+    that back; ``add_candidate(entry)`` makes a staged bundle's files resolvable by path, as a
+    registered (sha256-verified) model, without taking its name."""
 
     def __init__(self, manifests: Sequence[Path | str] = (), *, bundled: bool = True) -> None:
         paths = ([BUNDLED_MANIFEST] if bundled and BUNDLED_MANIFEST.exists() else [])
@@ -79,6 +84,24 @@ class ModelStore:
                         f"model '{name}' is registered twice ({self._entries[name].source} and {manifest})",
                         "rename one of them")
                 self._entries[name] = entry
+        self._installed: dict[str, ModelEntry] = {}
+        self._candidates: dict[str, ModelEntry] = {}  # by version
+
+    def install(self, entry: ModelEntry) -> None:
+        self._installed = {**self._installed, entry.name: entry}  # one assignment: readers see old or new
+
+    def uninstall(self, name: str) -> None:
+        self._installed = {k: v for k, v in self._installed.items() if k != name}
+
+    def installed(self, name: str) -> ModelEntry | None:
+        return self._installed.get(name)
+
+    def add_candidate(self, entry: ModelEntry) -> None:
+        self._candidates = {**self._candidates, f"{entry.name}@{entry.version}": entry}
+
+    def drop_candidate(self, entry: ModelEntry) -> None:
+        key = f"{entry.name}@{entry.version}"
+        self._candidates = {k: v for k, v in self._candidates.items() if k != key}
 
     @classmethod
     def from_env(cls, extra: Iterable[Path | str] = (), environ: dict[str, str] | None = None) -> "ModelStore":
@@ -86,23 +109,27 @@ class ModelStore:
         listed = [p for p in env.get("EDGELOOP_MANIFEST", "").split(os.pathsep) if p]
         return cls([*listed, *extra])
 
+    def _names(self) -> dict[str, ModelEntry]:
+        return {**self._entries, **self._installed}
+
     def entries(self) -> list[ModelEntry]:
-        return list(self._entries.values())
+        return list(self._names().values())
 
     def get(self, name: str) -> ModelEntry | None:
-        return self._entries.get(name)
+        return self._installed.get(name) or self._entries.get(name)
 
     def resolve(self, ref: str | Path) -> ModelEntry:
-        """A registered name, a registered file's path, or an unregistered file path."""
-        if isinstance(ref, str) and ref in self._entries:
-            return self._entries[ref]
+        """A registered (or installed) name, a registered file's path, or an unregistered file path."""
+        names = self._names()
+        if isinstance(ref, str) and ref in names:
+            return names[ref]
         path = Path(ref)
         if path.is_file():
             real = path.resolve()
-            for entry in self._entries.values():
+            for entry in [*names.values(), *self._candidates.values()]:
                 if any(a.file == real for a in entry.artifacts.values()):
                     return entry
             return unregistered_entry(real)
-        known = ", ".join(sorted(self._entries)) or "none"
+        known = ", ".join(sorted(names)) or "none"
         raise ModelNotFound(f"no model named '{ref}' (registered: {known}) and no such file",
                             "run 'edgeloop models list', or give the path of a .tflite file")

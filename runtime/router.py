@@ -72,10 +72,13 @@ class Router:
         self._shadow_thread = threading.Thread(target=self._shadow_loop, name="router-shadow", daemon=True)
         self._shadow_thread.start()
 
+    @staticmethod
+    def _named(route: Route) -> list[str]:
+        return [route.primary, *route.domains.values(), *route.versions.values(),
+                *([route.canary[0]] if route.canary else []), *([route.shadow[0]] if route.shadow else [])]
+
     def _check(self, task: str, route: Route) -> None:
-        named = [route.primary, *route.domains.values(), *route.versions.values(),
-                 *([route.canary[0]] if route.canary else []), *([route.shadow[0]] if route.shadow else [])]
-        for name in named:
+        for name in self._named(route):
             if name not in self.slots:
                 raise ConfigError(f"route '{task}': no slot '{name}'", f"slots are: {', '.join(self.slots)}")
         for part in (route.canary, route.shadow):
@@ -104,9 +107,10 @@ class Router:
 
     def serve(self, request: Request) -> tuple[str, Any]:
         """(slot name, what the slot answered)."""
+        slots = self.slots  # before the route: a slot leaves only after no route names it
         route = self._route(request.task)
         name = self._pick(route, request)
-        slot = self.slots[name]
+        slot = slots.get(name) or self.slots[name]  # or it came after the snapshot, with its route
         answer = slot.serve(request.source, inline=True) if request.inline else slot.serve(request.source)
         with self._lock:
             self.counts[name] = self.counts.get(name, 0) + 1
@@ -126,6 +130,17 @@ class Router:
         routes[task] = new
         self._routes = routes  # one assignment: requests see the old route or the new one
 
+    def add_slot(self, name: str, slot: Slot) -> None:
+        """A slot to route to (or one replaced under its name); nothing goes to it until a route says so."""
+        self.slots = {**self.slots, name: slot}  # one assignment: a request reads one dict or the other
+
+    def remove_slot(self, name: str) -> None:
+        """A slot no route names any more (ConfigError while one does)."""
+        for task, route in self._routes.items():
+            if name in self._named(route):
+                raise ConfigError(f"slot '{name}' is still routed to (task '{task}')", "switch the route away first")
+        self.slots = {k: v for k, v in self.slots.items() if k != name}
+
     def set_route(self, task: str, route: Route) -> None:
         self._check(task, route)
         routes = dict(self._routes)
@@ -139,8 +154,12 @@ class Router:
                 return
             name, source, answer = job
             start = time.monotonic()
+            slot = self.slots.get(name)
+            if slot is None:  # removed since the request was queued
+                self._record(name, dropped=1)
+                continue
             try:
-                candidate = self.slots[name].serve(source)
+                candidate = slot.serve(source)
             except Exception:  # a failing candidate is recorded, never raised into serving
                 self._record(name, errors=1)
                 continue

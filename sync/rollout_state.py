@@ -3,7 +3,8 @@
     idle -> downloading -> verified -> staged -> switching -> probation -> committed
                                                     |             |
                                                     +-> rolling_back -> rolled_back
-    (downloading, verified, staged) -> failed | idle (cancelled)
+    (downloading, verified, staged) -> failed | idle (cancelled) | downloading (again)
+    verified -> rolling_back (its golden set failed on this device)
 
 Two slots, ``a`` and ``b``: ``serving`` is the one the router answers from, ``standby`` the
 other (the previous version after a switch, the candidate while it is staged). After a
@@ -31,9 +32,11 @@ STATES = ("idle", "downloading", "verified", "staged", "switching", "probation",
 _REST = ("idle", "committed", "rolled_back", "failed")  # nothing under way
 ALLOWED: dict[str, tuple[str, ...]] = {
     "idle": ("downloading",),
-    "downloading": ("verified", "failed", "idle"),
-    "verified": ("staged", "failed", "idle"),
-    "staged": ("switching", "failed", "idle"),
+    # A download, verification or staging interrupted (a restart, a changed document) starts
+    # again from the download; files already here and verified are not fetched again.
+    "downloading": ("downloading", "verified", "failed", "idle"),
+    "verified": ("downloading", "staged", "rolling_back", "failed", "idle"),  # rolling_back: the golden set failed
+    "staged": ("downloading", "switching", "failed", "idle"),
     "switching": ("probation", "rolling_back"),
     "probation": ("committed", "rolling_back"),
     "rolling_back": ("rolled_back",),
@@ -63,6 +66,7 @@ class RolloutState:
     transitions: int = 0  # for this rollout
     since: float = 0.0  # wall time of the last transition
     bytes: int = 0  # fetched for this rollout
+    clock_floor: float = 0.0  # the latest wall time this device trusted (a Pi without RTC boots in 1970)
 
     @property
     def standby(self) -> str:
@@ -143,8 +147,19 @@ class RolloutStore:
                 s = self.move("rolling_back", reason=reason)
                 s = self.move("rolled_back")
         elif s.state == "rolling_back":
-            s = self.move("rolled_back")
+            if s.serving_version == s.target and s.target is not None:  # the candidate had taken the slot
+                s = self.move("rolled_back", serving=s.standby, serving_version=s.standby_version,
+                              standby_version=s.serving_version)
+            else:
+                s = self.move("rolled_back")
         return s
+
+    def note(self, **changes: Any) -> RolloutState:
+        """Fields that change without a transition (bytes so far, the clock's high-water mark)."""
+        state = replace(self._state, **changes)
+        self._save(state)
+        self._state = state
+        return state
 
     def mark_bad(self, version: str, sha256: str, reason: str) -> None:
         with self._db:

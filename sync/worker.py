@@ -212,13 +212,24 @@ class _Server:
     def flush_index(self) -> None:
         import numpy as np
 
-        from edgeloop.runtime.retrieval.errors import UnknownCollection
+        from edgeloop.runtime.retrieval.errors import ModelVersionMismatch, UnknownCollection
 
         pending, self.index_pending, self.index_waiting = self.index_pending, {}, 0
         for (name, model, version, dim), (ids, vectors, labels, metadata) in pending.items():
             try:
                 try:
                     collection = self.index.collection(name, model=model, model_version=version)
+                except ModelVersionMismatch:
+                    if self.index.collection(name).spec.model != model:
+                        raise  # another model's collection: not this one's to extend
+                    # Another version of the model (a rollout): its embeddings live in another
+                    # space, so in a collection of their own beside the first version's.
+                    name = versioned_collection(name, version)
+                    try:
+                        collection = self.index.collection(name, model=model, model_version=version)
+                    except UnknownCollection:
+                        log.info("index: %s %s embeds into '%s'", model, version, name)
+                        collection = self.index.create(name, dim, model=model, model_version=version)
                 except UnknownCollection:
                     collection = self.index.create(name, dim, model=model, model_version=version)
                 collection.upsert(ids, np.frombuffer(b"".join(vectors), np.float32).reshape(len(ids), dim),
@@ -302,6 +313,13 @@ class _Call:
                 self.callback(ok, value)
             except Exception:  # a caller's bug must not stop the reader
                 log.exception("sync worker: a completion callback failed")
+
+
+def versioned_collection(name: str, version: str | None) -> str:
+    """The collection for another version of a model: ``digits`` at 1.1.0 is ``digits_v1_1_0``."""
+    import re
+
+    return f"{name}_v{re.sub(r'[^a-z0-9_]', '_', (version or 'none').lower())}"[:64]
 
 
 class SyncWorker:

@@ -90,7 +90,10 @@ def test_index_writes_are_batched_and_the_collection_stays_bounded(tmp_path):
         for k in range(10):
             worker.index_add("frames", "m", "1", [f"{k}-{i}" for i in range(50)], rng.random((50, 8)))
         assert worker.stats()["index"] == {"frames": 300}
-        worker.index_add("frames", "m", "2", ["z"], rng.random((1, 8)))  # another model version: refused
+        # Another version of the model (a rollout): its own collection beside the first's.
+        worker.index_add("frames", "m", "2", ["z"], rng.random((1, 8)))
+        assert worker.stats()["index"] == {"frames": 300, "frames_v2": 1} and worker.stats()["index_errors"] == 0
+        worker.index_add("frames", "m2", "1", ["y"], rng.random((1, 8)))  # another model: refused
         assert worker.stats()["index_errors"] == 1
     finally:
         worker.close()

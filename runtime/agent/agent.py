@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # imported where they start: the first result does not wait f
 
     from .desired import DesiredConfig
     from .mcu import McuPart, McuStage
+    from .rollout import RolloutDriver
     from .supervisor import Supervisor
 
 log = logging.getLogger("edgeloop.agent")
@@ -93,7 +94,7 @@ def broker_of(config: AgentConfig) -> BrokerConfig | None:
 
 
 class Agent:
-    FIXED = ("device", "fleet", "data_dir", "broker", "group", "mqtt")  # set where the agent starts
+    FIXED = ("device", "fleet", "data_dir", "broker", "group", "mqtt", "rollout")  # set where the agent starts
     RESTART = {"camera": ("model", "fallback", "folder", "device", "deadline_ms", "canary", "canary_share",
                           "shadow", "shadow_share"),
                "mcu": ("enabled", "url", "rate_hz", "anomaly_every_s", "model", "fallback")}
@@ -120,6 +121,7 @@ class Agent:
         self.mcu_stage: McuStage | None = None
         self.desired: DesiredConfig | None = None
         self.responder: Responder | None = None
+        self.rollout: RolloutDriver | None = None
         self.latency = LatencyHistogram()  # per (task, slot, rung), for the metrics
         self.metrics_server: Any = None  # http.server.ThreadingHTTPServer
         self.metrics_url = ""
@@ -169,6 +171,7 @@ class Agent:
                                  wait=False)
         self.records = OutboxSink(self.worker)
         self.vectors = IndexSink(self.worker)
+        self._open_rollout()  # before the camera: it loads the version a rollout committed
         self._start_camera(CameraPart(c, self.engine, self.records.put))
         self.worker.wait_ready()
         if self.worker.salvage:
@@ -183,7 +186,16 @@ class Agent:
         if broker is not None:
             from .desired import DesiredConfig
 
-            self.desired = DesiredConfig(broker, c.fleet, c.device, c.group or None, self.apply, last_good, layers)
+            extra = {}
+            if self.rollout is not None:
+                from .rollout import desired_topic
+
+                extra[desired_topic(c.fleet, c.group)] = self.rollout.offer
+            self.desired = DesiredConfig(broker, c.fleet, c.device, c.group or None, self.apply, last_good, layers,
+                                         extra)
+            if self.rollout is not None:
+                self.rollout.publish = self.desired.publish
+                self.supervisor.start("rollout", self.rollout.run)
             if layers:
                 self.desired.in_force = {"layers": layers, "config": c.table(), "since": time.time()}
             if c.answer_requests:
@@ -193,6 +205,20 @@ class Agent:
         self.supervisor.start("status", self._status_loop)
         self._start_metrics()
         self.systemd.start(ready=self.first_result.is_set())
+
+    def _open_rollout(self) -> None:
+        c = self.config
+        if not (c.broker and c.group and c.rollout.repo_url):
+            return
+        from pathlib import Path
+
+        from .rollout import RolloutDriver, RolloutSettings
+        from .rollout_deploy import CameraDeployer
+
+        settings = RolloutSettings(c.device, c.fleet, c.group, c.camera.model, c.data_path / "rollout",
+                                   c.rollout.repo_url, Path(c.rollout.root).expanduser(), c.rollout.retry_s)
+        self.rollout = RolloutDriver(settings, CameraDeployer(self), publish=lambda t, p: None)
+        self.rollout.open()
 
     @staticmethod
     def _link_tls(c: AgentConfig) -> dict[str, Any]:
@@ -233,7 +259,7 @@ class Agent:
             self.metrics_server.shutdown()
         sup = self.supervisor
         if sup is not None:
-            sup.stop_all(order=[n for n in ("camera", "mcu", "status") if n in sup.stages])
+            sup.stop_all(order=[n for n in ("rollout", "camera", "mcu", "status") if n in sup.stages])
         if self.worker is not None:
             if self.records is not None and not self.records.drain():
                 log.error("outbox: %d record(s) were not confirmed durable before the stop", self.records.pending())
@@ -247,6 +273,8 @@ class Agent:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.rollout is not None:
+            self.rollout.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -407,9 +435,7 @@ class Agent:
                                       f"{exc})", "check the models and the camera") from exc
             self.config = new
             if camera is not None:
-                self.supervisor.stop("camera")
-                self._close_camera()
-                self._start_camera(camera)
+                self._replace_camera(camera)
             if "mcu" in restarted:
                 # One serial port cannot be opened twice: the old part goes first; a new one that
                 # fails to start is said in the log and the MCU stays off until a good document.
@@ -425,6 +451,24 @@ class Agent:
                         log.error("mcu: the new configuration did not start (%s)", exc)
             log.info("config applied (restarted: %s)", ", ".join(restarted) or "nothing")
             return {"config": new.table(), "restarted": restarted}
+
+    def _replace_camera(self, camera: CameraPart) -> None:
+        self.supervisor.stop("camera")
+        self._close_camera()
+        self._start_camera(camera)
+
+    def rebuild_camera(self) -> None:
+        """The camera built again on the current config and the store's models (a rollback
+        after a desired config rebuilt the camera on the candidate). A part that cannot be built
+        leaves the running one serving, said in the log."""
+        with self._swap:
+            try:
+                camera = CameraPart(self.config, self.engine, self.records.put if self.records else lambda r: None)
+            except Exception as exc:
+                self.last_error = f"camera: {type(exc).__name__}: {exc}"
+                log.error("camera: rebuilding it failed (%s); the running part goes on", exc)
+                return
+            self._replace_camera(camera)
 
     # -- status ------------------------------------------------------------------------
 

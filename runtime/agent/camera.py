@@ -8,8 +8,9 @@ without images) is refused with the old part still serving. ``serve`` answers on
 camera's or a request's); ``run`` is the camera stage's loop.
 
 The router's task is the camera model's name: ``camera.canary`` answers ``canary_share`` of the
-frames, ``camera.shadow`` sees ``shadow_share`` of them off the hot path, and the next issue's
-rollout switches the primary with ``router.switch``.
+frames, ``camera.shadow`` sees ``shadow_share`` of them off the hot path, and a rollout adds
+its candidate's slot beside the running one and switches the route to it (``add_slot``,
+``switch``, ``remove_slot``; see ``rollout_deploy.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def rung_name(model: Any) -> str:
     return model.delegate.kind if getattr(model, "delegate", None) is not None else "cpu"
 
 
+def build_ladder(slot: str, model: Any, engine: Any, cam: Any, on_event: Callable[[Record], None]) -> Ladder:
+    """A camera slot's ladder: its model, the configured smaller fallback, the cache, a default."""
+    # top_k 1: a frame's record and decisions take the best class only.
+    rungs = [ModelRung(rung_name(model), model, hang_s=HANG_S, top_k=1)]
+    if cam.fallback:
+        rungs.append(ModelRung("small", engine.load(cam.fallback), hang_s=HANG_S, degraded=True, top_k=1))
+    # A step down is an event for the outbox; it is queued, never written inside the request.
+    return Ladder(slot, [*rungs, CacheRung(), DefaultRung(None)], LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
+                  on_event=lambda event: on_event(Record("events", {"kind": "ladder", **event})))
+
+
 class CameraPart:
     def __init__(self, config: AgentConfig, engine: Any, on_event: Callable[[Record], None]) -> None:
         cam = config.camera
@@ -76,29 +88,58 @@ class CameraPart:
 
     def _ladder(self, slot: str, cam: Any, engine: Any, on_event: Callable[[Record], None]) -> Ladder:
         model = self.models[slot] = engine.load(slot)
-        # top_k 1: a frame's record and decisions take the best class only.
-        rungs = [ModelRung(rung_name(model), model, hang_s=HANG_S, top_k=1)]
-        if cam.fallback:
-            rungs.append(ModelRung("small", engine.load(cam.fallback), hang_s=HANG_S, degraded=True, top_k=1))
-        # A step down is an event for the outbox; it is queued, never written inside the request.
-        return Ladder(slot, [*rungs, CacheRung(), DefaultRung(None)], LadderConfig(deadline_s=cam.deadline_ms / 1000.0),
-                      on_event=lambda event: on_event(Record("events", {"kind": "ladder", **event})))
+        return build_ladder(slot, model, engine, cam, on_event)
+
+    @property
+    def primary_slot(self) -> str:
+        assert self.router is not None
+        return self.router.routes()[self.task].primary
 
     @property
     def ladder(self) -> Ladder:
-        return self.ladders[self.task]
+        """The ladder of the slot the task's route answers from."""
+        return self.ladders[self.primary_slot]
+
+    # -- a rollout's slots (blue-green through the router) -----------------------------
+
+    def add_slot(self, name: str, model: Any, ladder: Ladder, routed: Any = None) -> None:
+        """A version beside the running ones; nothing goes to it until ``switch``. ``routed``:
+        what the router calls instead of the ladder (a probation's tap around it)."""
+        assert self.router is not None
+        self.models = {**self.models, name: model}
+        self.ladders = {**self.ladders, name: ladder}
+        self.router.add_slot(name, routed if routed is not None else ladder)
+
+    def switch(self, name: str) -> None:
+        """Every frame from now on goes to ``name``, atomically (``Router.switch``)."""
+        assert self.router is not None
+        self.router.switch(self.task, name)
+        self.primary = self.models[name]
+
+    def remove_slot(self, name: str) -> tuple[Any, Ladder]:
+        """Take a slot no route names out; its model and ladder are the caller's to close."""
+        assert self.router is not None
+        self.router.remove_slot(name)
+        model, ladder = self.models[name], self.ladders[name]
+        self.models = {k: v for k, v in self.models.items() if k != name}
+        self.ladders = {k: v for k, v in self.ladders.items() if k != name}
+        return model, ladder
 
     def serve(self, frame: Frame, source: str, n: int = 0, inline: bool = False, **extra: Any) -> Inference:
         """One frame through the router. The frame is converted once, here, into the primary
         model's input tensor; the rungs, the cache key and the drift features reuse that work.
         ``inline``: the models run on this thread (the camera stage; see ``CameraStage``)."""
+        # Read before the router: a slot leaves these only after no route names it.
+        models, ladders = self.models, self.ladders
         prepared = PreparedFrame(frame.pixels, frame.fmt)
         prepared.tensor_for(self.primary)
         trace = os.urandom(8).hex()
         assert self.router is not None
         slot, served = self.router.serve(Request(self.task, prepared, key=trace, inline=inline))
-        primary = served.rung == self.ladders[slot].rungs[0].name
-        return Inference(source, self.task, slot, served, trace, self.models[slot].entry.version, prepared, frame,
+        if slot not in models:  # added after the snapshot, with its route
+            models, ladders = self.models, self.ladders
+        primary = served.rung == ladders[slot].rungs[0].name
+        return Inference(source, self.task, slot, served, trace, models[slot].entry.version, prepared, frame,
                          primary, {"n": n, **extra})
 
     def close(self) -> None:

@@ -45,6 +45,11 @@ canary_share = 0.0
 shadow = ""                        # a model that sees a sample of frames off the hot path, never answering
 shadow_share = 0.0
 
+[rollout]                          # signed model bundles (TUF) for the camera's model; needs broker and group
+repo_url = ""                      # the fleet's repository, e.g. https://releases.example/fleet (empty: off)
+root = ""                          # the fleet's root.json shipped in the image
+retry_s = 60.0                     # refused or unreachable metadata: asked again this much later
+
 [mcu]                              # the simulated MCU on a pty (or a real port: url)
 enabled = true
 url = ""                           # empty: start the simulator
@@ -116,6 +121,13 @@ class McuConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    repo_url: str = ""  # the fleet's TUF repository (a static HTTP server); empty: no rollouts
+    root: str = ""  # the fleet's root.json, shipped in the device image
+    retry_s: float = 60.0  # refused or unreachable metadata is asked for again this much later
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     device: str = "gw-1"
     fleet: str = DEFAULT_FLEET
@@ -136,6 +148,7 @@ class AgentConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     mcu: McuConfig = field(default_factory=McuConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     @property
     def data_path(self) -> Path:
@@ -150,7 +163,7 @@ class AgentConfig:
         return plain(asdict(self))
 
 
-SECTIONS = {"mqtt": MqttConfig, "camera": CameraConfig, "mcu": McuConfig}
+SECTIONS = {"mqtt": MqttConfig, "camera": CameraConfig, "mcu": McuConfig, "rollout": RolloutConfig}
 
 # Inclusive ranges of the numbers; every number must also be finite.
 RANGES: dict[str, tuple[float, float]] = {
@@ -160,7 +173,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "camera.fps": (0.01, 1e6), "camera.deadline_ms": (0.1, 60_000.0), "camera.min_score": (0.0, 1.0),
     "camera.hard_below": (0.0, 1.0), "camera.index_every": (0, 1_000_000), "camera.canary_share": (0.0, 1.0),
     "camera.shadow_share": (0.0, 1.0), "mcu.rate_hz": (0.1, 10_000.0), "mcu.min_score": (0.0, 1.0),
-    "mcu.peak_threshold": (0.0, 1e9), "mcu.anomaly_every_s": (0.0, 86_400.0),
+    "mcu.peak_threshold": (0.0, 1e9), "mcu.anomaly_every_s": (0.0, 86_400.0), "rollout.retry_s": (1.0, 86_400.0),
 }
 NAMES = ("device", "fleet")  # one topic level each; group too when set
 CHOICES = {"mqtt.protocol": ("5", "3.1.1")}
@@ -289,6 +302,17 @@ def check_resources(config: AgentConfig, store: Any) -> None:
         path = getattr(config.mqtt, key)
         if path and not Path(path).expanduser().is_file():
             raise ConfigError(f"mqtt.{key}: {path} does not exist", "give the path of a readable file")
+    r = config.rollout
+    if r.repo_url:
+        if not r.repo_url.startswith(("http://", "https://")):
+            raise ConfigError(f"rollout.repo_url: {r.repo_url!r} is not an http(s) URL",
+                              "give the URL the fleet's TUF repository is served at")
+        if not r.root or not Path(r.root).expanduser().is_file():
+            raise ConfigError(f"rollout.root: {r.root or '(empty)'} is not a file",
+                              "give the fleet's root.json, as shipped in the device image")
+        if not config.group:
+            raise ConfigError("rollout.repo_url is set but group is empty",
+                              "give the fleet group whose rollouts this device follows")
     if bool(config.mqtt.cert_file) != bool(config.mqtt.key_file):
         raise ConfigError("mqtt: cert_file and key_file go together", "give both for mutual TLS, or neither")
 

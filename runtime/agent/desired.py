@@ -70,8 +70,12 @@ class DesiredConfig:
 
     def __init__(self, broker: BrokerConfig, fleet: str, device: str, group: str | None,
                  apply: Callable[[dict[str, Any]], dict[str, Any]], last_good: LastGood,
-                 layers: dict[str, dict[str, Any]] | None = None) -> None:
+                 layers: dict[str, dict[str, Any]] | None = None,
+                 extra: dict[str, Callable[[bytes], None]] | None = None) -> None:
+        """``extra``: more retained documents this client listens to (topic -> handler of the
+        payload; the rollout's), so a device holds one connection for everything desired."""
         self.apply = apply
+        self.extra = dict(extra or {})
         self.last_good = last_good
         self.device_topic = topic(fleet, device, "config")
         self.group_topic = topic(fleet, "group", f"{group}/config") if group else None
@@ -91,9 +95,13 @@ class DesiredConfig:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if not reason.is_failure:
-            client.subscribe([(t, 1) for t in (self.group_topic, self.device_topic) if t])
+            client.subscribe([(t, 1) for t in (self.group_topic, self.device_topic, *self.extra) if t])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self.extra.get(message.topic)
+        if handler is not None:
+            handler(message.payload)  # the handler answers for its own bad input
+            return
         layer = "device" if message.topic == self.device_topic else "group"
         with self._lock:
             try:
@@ -118,6 +126,10 @@ class DesiredConfig:
     def _report(self, state: dict[str, Any]) -> None:
         self.last_state = state
         self._client.publish(self.state_topic, json.dumps(state, default=str), qos=1, retain=True)
+
+    def publish(self, topic_name: str, payload: bytes) -> None:
+        """A retained reported document, QoS 1 (queued by paho while the broker is away)."""
+        self._client.publish(topic_name, payload, qos=1, retain=True)
 
     def stop(self) -> None:
         self._client.disconnect()

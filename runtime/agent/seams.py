@@ -65,6 +65,11 @@ class Inference:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def model(self) -> str:
+        """The answering slot's model name (a rollout's slot is ``model@version``)."""
+        return self.slot.partition("@")[0]
+
+    @property
     def features(self) -> dict[str, float]:
         """The drift features (brightness from the frame already decoded, the top score), made
         when a decision or the drift monitor asks: most frames of a model without a baseline

@@ -21,5 +21,7 @@ def decide(inference: Inference, config: Any) -> list[Action]:
     if embedding is None:
         return []
     top = inference.top
-    return [IndexVector(inference.slot, inference.slot, inference.version, inference.trace, embedding,
+    # The collection is the model's name (a rollout's slot is model@version); the sync worker
+    # puts another version's vectors in a collection beside the first version's.
+    return [IndexVector(inference.model, inference.model, inference.version, inference.trace, embedding,
                         top.label if top else None)]

@@ -1,0 +1,162 @@
+"""A rollout on one real agent: a TUF repository made by `edgeloop release`'s code and served by
+a real HTTP server on loopback, the rollout document retained on a real Mosquitto, the camera
+serving the bundled digits model at a high frame rate throughout. A good version switches
+through the router and commits after its probation; a bad one never serves (its golden set
+fails here), a slow one is rolled back on its p95, and each is marked bad."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import REPO, camera_agent_config, running_agent, wait_for
+from edgeloop.runtime.agent.config import RolloutConfig
+from edgeloop.sync.bundle import ProbationSpec
+from edgeloop.sync.rollout_doc import RolloutDoc
+from edgeloop.tools.release.bundle import make_bundle
+from edgeloop.tools.release.repository import ReleaseRepository
+from edgeloop.tools.testing.bundle_server import BundleServer
+
+CANDIDATES = REPO / "tests" / "data" / "rollout"
+PROBATION = ProbationSpec(window_s=1.5, min_requests=20, p95_ms=25.0, max_error_rate=0.05, max_stepdowns=0)
+
+
+class Operator:
+    """The fleet operator's client: publishes rollout documents, collects reported ones."""
+
+    def __init__(self, port: int, fleet: str = "f1") -> None:
+        self.fleet = fleet
+        self.reported: dict[str, list[dict]] = {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        done = threading.Event()
+        self.client.on_subscribe = lambda *a: done.set()
+        self.client.subscribe(f"edgeloop/v1/{fleet}/+/state/rollout", qos=1)
+        assert done.wait(5)
+
+    def _on_message(self, client, userdata, message) -> None:
+        device = message.topic.split("/")[3]
+        self.reported.setdefault(device, []).append(json.loads(message.payload))
+
+    def last(self, device: str) -> dict:
+        got = self.reported.get(device)
+        return got[-1] if got else {}
+
+    def rollout(self, group: str, doc: RolloutDoc) -> None:
+        self.client.publish(f"edgeloop/v1/{self.fleet}/group/{group}/rollout", doc.to_json(), qos=1,
+                            retain=True).wait_for_publish(5)
+
+    def close(self, group: str = "cams") -> None:
+        self.client.publish(f"edgeloop/v1/{self.fleet}/group/{group}/rollout", b"", qos=1, retain=True)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def release(repo: ReleaseRepository, tmp: Path, name: str, probation: ProbationSpec = PROBATION,
+            check: bool = True) -> str:
+    folder = tmp / f"bundle-{name}"
+    spec = make_bundle(CANDIDATES / f"{name}.toml", "digits", folder, probation, check=check)
+    repo.add_files("cams", f"digits/{spec.version}", {f: folder / f for f in (*spec.files, "bundle.toml")})
+    repo.publish()
+    return spec.version
+
+
+@pytest.fixture
+def fleet(tmp_path, broker):
+    repo = ReleaseRepository(tmp_path / "repo", tmp_path / "keys")
+    repo.init(["cams"])
+    image_root = tmp_path / "image-root.json"
+    shutil.copyfile(repo.metadata / "root.json", image_root)
+    ops = Operator(broker.port)
+    with BundleServer(repo.repo) as server:
+        yield repo, server, image_root, ops
+    ops.close()
+
+
+def agent_config(tmp_path: Path, port: int, server: BundleServer, root: Path, device: str = "cam-1"):
+    config = camera_agent_config(tmp_path / device, fps=60.0)
+    return replace(config, device=device, fleet="f1", group="cams", broker=f"127.0.0.1:{port}",
+                   rollout=RolloutConfig(repo_url=server.url, root=str(root), retry_s=1.0))
+
+
+def serving_gaps(agent, seconds: float) -> float:
+    """The longest time without a new answer over ``seconds`` (polled every 5 ms)."""
+    longest, last_n, last_t = 0.0, agent.inferences, time.monotonic()
+    end = last_t + seconds
+    while time.monotonic() < end:
+        time.sleep(0.005)
+        now = time.monotonic()
+        if agent.inferences != last_n:
+            last_n, last_t = agent.inferences, now
+        longest = max(longest, now - last_t)
+    return longest
+
+
+def test_a_good_version_switches_without_a_gap_and_commits_after_probation(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2")
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 20 and ops.last("cam-1").get("state") == "idle", 20, "serving, reported idle")
+        assert agent.status(fast=True)["models"]["digits"]["version"] == "1.0.0"
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1", previous="1.0.0"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "probation", 20, "the switch")
+        gap = serving_gaps(agent, 1.0)
+        wait_for(lambda: ops.last("cam-1").get("state") == "committed", 20, "the commit")
+        got = ops.last("cam-1")
+        assert got["active"] == "1.1.0" and got["standby"] == "1.0.0" and got["verdict"]["passed"]
+        assert got["targets_version"] >= 2 and len(got["bundle_sha256"]) == 64 and got["bytes"] > 0
+        status = agent.status(fast=True)
+        assert status["route"]["digits"]["primary"] == "digits@1.1.0"
+        assert status["models"]["digits@1.1.0"]["version"] == "1.1.0" and "digits" not in status["models"]
+        assert status["rollout"]["state"] == "committed"
+        assert gap < 0.25, f"serving stopped for {gap:.3f} s around the switch"
+    # The next start serves the committed version from its slot, without the broker's help.
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 5, 20, "serving again")
+        assert agent.status(fast=True)["models"]["digits"]["version"] == "1.1.0"
+
+
+def test_a_version_that_fails_its_golden_set_here_never_serves_and_is_marked_bad(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_bad", check=False)
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 20, 20, "serving")
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "rolled_back", 20, "the rejection")
+        got = ops.last("cam-1")
+        assert got["active"] == "1.0.0" and got["reason"].startswith("golden")
+        assert any(k.startswith("1.2.0") for k in got["bad"])
+        assert all(slot == "digits" for slot, _ in agent.served_by), agent.served_by  # never served
+        fetched = dict(server.sent)
+        time.sleep(2.5)  # retry_s is 1 s: the bad bundle is not fetched again
+        assert {p: n for p, n in server.sent.items() if p.startswith("targets/")} == \
+            {p: n for p, n in fetched.items() if p.startswith("targets/")}
+
+
+def test_a_slow_version_is_rolled_back_on_its_p95_within_the_window(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    slow = replace(PROBATION, p95_ms=1.0, window_s=2.0)
+    version = release(repo, tmp_path, "digits_slow", probation=slow)
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 20, 20, "serving")
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "probation", 20, "the switch")
+        switched = time.monotonic()
+        wait_for(lambda: ops.last("cam-1").get("state") == "rolled_back", 20, "the rollback")
+        took = time.monotonic() - switched
+        got = ops.last("cam-1")
+        assert got["reason"].startswith("p95") and got["active"] == "1.0.0"
+        assert took <= slow.window_s + 5.0, f"rolled back {took:.1f} s after the switch"
+        wait_for(lambda: agent.status(fast=True)["route"]["digits"]["primary"] == "digits", 5, "the route back")
+        n = agent.inferences
+        wait_for(lambda: agent.inferences > n + 10, 10, "serving after the rollback")
