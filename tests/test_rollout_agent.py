@@ -160,3 +160,59 @@ def test_a_slow_version_is_rolled_back_on_its_p95_within_the_window(tmp_path, br
         wait_for(lambda: agent.status(fast=True)["route"]["digits"]["primary"] == "digits", 5, "the route back")
         n = agent.inferences
         wait_for(lambda: agent.inferences > n + 10, 10, "serving after the rollback")
+
+
+def test_a_cancel_is_obeyed_mid_download_and_the_camera_serves_on(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2")
+    server.knobs.slow_bps = 2000.0  # the model file would take about 16 s
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 20, 20, "serving")
+        doc = RolloutDoc("r1", "digits", version, 100.0, "r1", previous="1.0.0")
+        ops.rollout("cams", doc)
+        wait_for(lambda: ops.last("cam-1").get("progress", {}).get("have", 0) > 0, 20, "the download under way")
+        ops.rollout("cams", replace(doc, cancelled=True))
+        cancelled = time.monotonic()
+        wait_for(lambda: ops.last("cam-1").get("state") == "idle", 10, "the cancel obeyed")
+        assert time.monotonic() - cancelled < 5.0
+        got = ops.last("cam-1")
+        assert got["reason"] == "cancelled" and got["active"] == "1.0.0" and got["note"] == "cancelled"
+        n = agent.inferences
+        wait_for(lambda: agent.inferences > n + 10, 10, "serving on")
+
+
+def test_a_404_fails_the_rollout_after_a_few_tries_and_is_not_fetched_in_a_loop(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2")
+    server.knobs.always_status = {".digits_v2.tflite": 404}  # signed, but the mirror lost the file
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 5, 20, "serving")
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "failed", 60, "the failure")
+        got = ops.last("cam-1")
+        assert "404" in got["reason"] and got["active"] == "1.0.0"
+        def asked() -> int:  # (TUF's probes for a next root.json are 404s too, and fine)
+            return sum(1 for path, _, status in server.requests if status == 404 and path.endswith(".tflite"))
+
+        before = asked()
+        time.sleep(3.0)  # retry_s is 1 s: the rollout is over for this bundle
+        assert asked() == before == 3
+
+
+def test_paused_waits_out_of_cohort_does_nothing_and_frozen_metadata_waits_until_mended(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2")
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 5, 20, "serving")
+        doc = RolloutDoc("r1", "digits", version, 0.0, "r1")
+        ops.rollout("cams", doc)
+        wait_for(lambda: (ops.last("cam-1").get("note") or "").startswith("not in the cohort"), 10, "out of the cohort")
+        ops.rollout("cams", replace(doc, pct=100.0, paused=True))
+        wait_for(lambda: ops.last("cam-1").get("note") == "paused", 10, "paused")
+        repo.timestamp(days=-1)  # the release machine stopped signing: frozen metadata
+        ops.rollout("cams", replace(doc, pct=100.0))
+        wait_for(lambda: "freeze" in (ops.last("cam-1").get("note") or ""), 10, "the freeze refused")
+        assert not any(p.startswith("targets/") for p in server.sent)  # nothing fetched so far
+        assert ops.last("cam-1")["state"] == "idle"
+        repo.timestamp(days=1)  # mended: the same document goes on
+        wait_for(lambda: ops.last("cam-1").get("state") == "committed", 30, "the commit")
