@@ -179,7 +179,9 @@ class RolloutDriver:
         try:
             while not stop.is_set():
                 self.step()
-                self._wake.wait(JUDGE_EVERY_S if self.probation is not None else 1.0)
+                waited, wait_s = 0.0, JUDGE_EVERY_S if self.probation is not None else 1.0
+                while waited < wait_s and not stop.is_set() and not self._wake.wait(0.05):
+                    waited += 0.05  # in slices: a stop is seen at once too
                 self._wake.clear()
         finally:
             self.fetcher.cancel()
@@ -374,7 +376,7 @@ class RolloutDriver:
         s = self.store.state
         doc = self.doc
         out: dict[str, Any] = {
-            "device": self.s.device, "model": self.s.model, "rollout": doc.id if doc else None,
+            "device": self.s.device, "group": self.s.group, "model": self.s.model, "rollout": doc.id if doc else None,
             "active": s.serving_version, "standby": s.standby_version, "slot": s.serving,
             "pending": s.target if s.busy else None, "state": s.state, "target": s.target, "reason": s.reason,
             "note": self.note or None, "attempts": s.attempts, "bytes": s.bytes, "since": s.since,

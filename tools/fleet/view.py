@@ -1,0 +1,123 @@
+"""The fleet as its devices report it: every retained ``edgeloop/v1/{fleet}/+/state/rollout``
+and each group's retained rollout document, kept current from the broker, and a summary.
+
+The topic names the device (what broker ACLs authenticate), not the document's body. A report
+that is not a JSON object, or over ``MAX_REPORT``, is counted and left out."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from edgeloop.runtime.agent.rollout import desired_topic, reported_topic
+from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
+from edgeloop.sync.rollout_doc import RolloutDoc, RolloutDocError, in_cohort, parse_rollout
+
+MAX_REPORT = 64 * 1024
+FAILED = ("failed", "rolled_back")
+
+
+class FleetView:
+    def __init__(self, broker: BrokerConfig, fleet: str, client_id: str) -> None:
+        self.fleet = fleet
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.docs: dict[str, RolloutDoc | None] = {}  # group -> its retained rollout document
+        self.refused = 0
+        self.last_message = time.monotonic()
+        self._subscribed = threading.Event()
+        self._lock = threading.Lock()
+        self.guard = Guard("fleet-view")
+        self.client = make_client(broker, client_id)
+        self.client.on_connect = self.guard(self._on_connect)
+        self.client.on_subscribe = self.guard(lambda *a: self._subscribed.set())
+        self.client.on_message = self.guard(self._on_message)
+        self.client.connect_async(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        if not reason.is_failure:
+            client.subscribe([(reported_topic(self.fleet, "+"), 1), (desired_topic(self.fleet, "+"), 1)])
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.last_message = time.monotonic()
+        parts = message.topic.split("/")
+        if len(parts) == 6 and parts[3] == "group" and parts[5] == "rollout":
+            try:
+                doc = parse_rollout(message.payload) if message.payload else None
+            except RolloutDocError:
+                self.refused += 1
+                return
+            with self._lock:
+                self.docs[parts[4]] = doc
+            return
+        device = parts[3]
+        try:
+            if len(message.payload) > MAX_REPORT:
+                raise ValueError("too large")
+            report = json.loads(message.payload) if message.payload else None
+            if report is not None and not isinstance(report, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            self.refused += 1
+            return
+        with self._lock:
+            if report is None:
+                self.reports.pop(device, None)
+            else:
+                self.reports[device] = {**report, "device": device}
+
+    def settle(self, quiet_s: float = 0.5, timeout_s: float = 10.0) -> bool:
+        """Until the retained documents have arrived (nothing new for ``quiet_s``)."""
+        deadline = time.monotonic() + timeout_s
+        if not self._subscribed.wait(timeout_s):
+            return False
+        while time.monotonic() < deadline:
+            if time.monotonic() - self.last_message >= quiet_s:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def group_reports(self, group: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {d: r for d, r in self.reports.items() if r.get("group") == group}
+
+    def publish(self, group: str, doc: RolloutDoc | None) -> None:
+        """The group's desired rollout, retained (None withdraws it)."""
+        info = self.client.publish(desired_topic(self.fleet, group), doc.to_json() if doc else b"", qos=1, retain=True)
+        info.wait_for_publish(10)
+        with self._lock:
+            self.docs[group] = doc
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def summary(doc: RolloutDoc | None, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Counts by state and active version; the cohort's progress under ``doc``; each failure's reason."""
+    out: dict[str, Any] = {
+        "devices": len(reports), "states": dict(Counter(r.get("state") for r in reports.values())),
+        "active": dict(Counter(r.get("active") for r in reports.values())), "rollout": None,
+    }
+    if doc is not None:
+        cohort = [d for d in reports if in_cohort(d, doc)]
+        mine = [reports[d] for d in cohort]
+        out["rollout"] = {
+            "id": doc.id, "model": doc.model, "version": doc.version, "pct": doc.pct, "paused": doc.paused,
+            "cancelled": doc.cancelled, "cohort": len(cohort),
+            "committed": sum(1 for r in mine if r.get("state") == "committed" and r.get("active") == doc.version),
+            "failed": sum(1 for r in mine if is_failure(r, doc)),
+            "in_progress": sum(1 for r in mine if r.get("pending") == doc.version),
+        }
+        out["failures"] = {r["device"]: r.get("reason") for r in mine if is_failure(r, doc)}
+    return out
+
+
+def is_failure(report: dict[str, Any], doc: RolloutDoc) -> bool:
+    """This device gave up on the rollout's version (rolled back or failed), or refused it."""
+    if report.get("target") != doc.version or report.get("rollout") != doc.id:
+        return False
+    return report.get("state") in FAILED or "marked bad" in (report.get("note") or "")

@@ -1,0 +1,109 @@
+"""A simulated fleet in one process: light agents that run the device's real rollout code.
+
+Each ``LightAgent`` is one device with the agent's own rollout driver, deployer and camera part
+(its models loaded on the backend, the router, the ladder, the probation tap), the bundled digit
+samples fed to it at ``fps`` on one thread, its own MQTT client, rollout state and slots on disk.
+It leaves out what a rollout does not touch: the sync worker process, the MCU, metrics, systemd.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgeloop.models.store import ModelStore
+from edgeloop.runtime.agent.camera import CameraPart
+from edgeloop.runtime.agent.config import AgentConfig, CameraConfig, McuConfig
+from edgeloop.runtime.agent.rollout import RolloutDriver, RolloutSettings, desired_topic
+from edgeloop.runtime.agent.rollout_deploy import CameraDeployer
+from edgeloop.runtime.engine import Engine, EngineConfig
+from edgeloop.sync.fetch import FetchPolicy
+from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
+
+log = logging.getLogger("edgeloop.fleet_sim")
+
+
+class _Records:
+    """Where the camera part's events go: counted, not stored."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def put(self, record: Any) -> None:
+        self.count += 1
+
+
+class LightAgent:
+    def __init__(self, device: str, fleet: str, group: str, broker: BrokerConfig, folder: Path, repo_url: str,
+                 root: Path, fps: float = 5.0, retry_s: float = 1.0, deadline_ms: float = 500.0) -> None:
+        """``deadline_ms``: generous by default, as many devices share a few cores here (a
+        simulation of the rollout, not of latency)."""
+        self.config = replace(AgentConfig(), device=device, fleet=fleet, group=group, data_dir=str(folder),
+                              camera=CameraConfig(fps=fps, index_every=0, deadline_ms=deadline_ms),
+                              mcu=McuConfig(enabled=False))
+        self.engine = Engine(EngineConfig(num_threads=1), ModelStore())
+        self.records = _Records()
+        self._swap = threading.Lock()
+        self.camera: CameraPart | None = None
+        self.answers = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        settings = RolloutSettings(device, fleet, group, self.config.camera.model, folder / "rollout", repo_url, root,
+                                   retry_s=retry_s, policy=FetchPolicy(backoff_s=0.05, backoff_cap_s=1.0))
+        self.driver = RolloutDriver(settings, CameraDeployer(self), publish=self._publish)
+        self.driver.open()
+        self.camera = CameraPart(self.config, self.engine, self.records.put)
+        self.guard = Guard(f"sim-{device}")
+        self.client = make_client(broker, f"sim-{fleet}-{device}")
+        topic = desired_topic(fleet, group)
+        self.client.on_connect = self.guard(lambda c, u, f, reason, p=None: c.subscribe(topic, 1))
+        self.client.on_message = self.guard(lambda c, u, m: self.driver.offer(m.payload))
+        self.client.connect_async(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        self._threads = [threading.Thread(target=self._frames, name=f"sim-{device}-camera", daemon=True),
+                         threading.Thread(target=self.driver.run, args=(self._stop,), name=f"sim-{device}-rollout",
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1, retain=True)
+
+    def _frames(self) -> None:
+        period = 1.0 / self.config.camera.fps
+        next_at = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            part = self.camera
+            frame = part.source.read() if part is not None and part.source is not None else None
+            if frame is not None:
+                n += 1
+                try:
+                    part.serve(frame, frame.name, n)
+                    self.answers += 1
+                except Exception:  # noqa: BLE001 (counted: the simulation's check)
+                    self.errors += 1
+                    log.exception("sim %s: a frame failed", self.config.device)
+            next_at += period
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def rebuild_camera(self) -> None:
+        with self._swap:
+            old, self.camera = self.camera, CameraPart(self.config, self.engine, self.records.put)
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        self.client.loop_stop()
+        self.client.disconnect()
+        if self.camera is not None:
+            self.camera.close()
+        self.driver.close()
+        self.engine.close()
