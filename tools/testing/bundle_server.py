@@ -139,7 +139,9 @@ class BundleServer:
                 pass
 
     def _send(self, h: BaseHTTPRequestHandler, rel: str, body: bytes) -> None:
-        step = 16 * 1024
+        slow = self.knobs.slow_bps
+        # A slow link trickles: about ten pieces a second, not one burst and a long silence.
+        step = 16 * 1024 if not slow else int(max(256, min(16 * 1024, slow / 10)))
         for at in range(0, len(body), step):
             piece = body[at:at + step]
             try:
