@@ -96,6 +96,10 @@ class ModelStore:
     def installed(self, name: str) -> ModelEntry | None:
         return self._installed.get(name)
 
+    def manifest_entry(self, name: str) -> ModelEntry | None:
+        """The entry the manifests register under ``name``, whatever a rollout installed."""
+        return self._entries.get(name)
+
     def add_candidate(self, entry: ModelEntry) -> None:
         self._candidates = {**self._candidates, f"{entry.name}@{entry.version}": entry}
 
@@ -126,7 +130,7 @@ class ModelStore:
         path = Path(ref)
         if path.is_file():
             real = path.resolve()
-            for entry in [*names.values(), *self._candidates.values()]:
+            for entry in [*self._installed.values(), *self._entries.values(), *self._candidates.values()]:
                 if any(a.file == real for a in entry.artifacts.values()):
                     return entry
             return unregistered_entry(real)

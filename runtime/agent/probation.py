@@ -96,10 +96,10 @@ class Probation:
                                               + (f" ({self.model.fallback})" if getattr(self.model, "fallback", None)
                                                  else ""))
         n = f["requests"]
-        if n >= s.min_requests and f["error_rate"] > s.max_error_rate:
+        if n and n >= s.min_requests and f["error_rate"] > s.max_error_rate:
             return Verdict(False, "errors", f"{f['error_rate']:.1%} of {n} answers did not come from the new "
                                             f"model, at most {s.max_error_rate:.1%} allowed")
-        if f["elapsed_s"] < s.window_s or n < s.min_requests:
+        if f["elapsed_s"] < s.window_s or n < max(1, s.min_requests):
             if f["elapsed_s"] >= TRAFFIC_WAIT * s.window_s:
                 return Verdict(False, "traffic", f"{n} request(s) in {f['elapsed_s']:.0f} s, "
                                                  f"{s.min_requests} needed to judge")

@@ -223,6 +223,9 @@ class RolloutDriver:
         self._advance(doc, want)
 
     def _advance(self, doc: RolloutDoc, version: str) -> None:
+        if version == self.initial_version:
+            self._to_bundled(doc, version)
+            return
         prefix = f"{self.s.group}/{self.s.model}/{version}"
         try:
             self.trust.refresh()
@@ -280,6 +283,33 @@ class RolloutDriver:
         if not staged.golden.passed:
             self.deployer.discard(staged)
             self._reject(f"golden: {staged.golden.reason}")
+            return
+        self._staged = staged
+        self.store.move("staged")
+        self._report(force=True)
+        self._switch(doc)
+
+    def _to_bundled(self, doc: RolloutDoc, version: str) -> None:
+        """Back to the version the image shipped with: nothing to fetch, it is trusted as the
+        image is; staged from the manifest and switched to like any other."""
+        s = self.store.state
+        entry = self.deployer.store.manifest_entry(self.s.model)
+        sha = (entry.cpu.sha256 if entry is not None and entry.cpu is not None else None) or "bundled"
+        if s.state in ("failed", "rolled_back") and (s.rollout, s.target) == (doc.id, version):
+            self.note = f"{s.state} for this rollout"
+            self._report()
+            return
+        if s.state == "staged" and self._staged is not None and s.target == version:
+            self._switch(doc)  # staged while paused
+            return
+        self._drop_staged()
+        self.store.move("downloading", rollout=doc.id, target=version, target_sha256=sha, attempts=1, bytes=0,
+                        reason=None)
+        self.store.move("verified")
+        try:
+            staged = self.deployer.stage_bundled(self.s.model)
+        except StageError as exc:
+            self._fail(f"{exc.code}: {exc.problem}", bad=False)
             return
         self._staged = staged
         self.store.move("staged")

@@ -19,7 +19,7 @@ from edgeloop.models.manifest import ModelEntry, load_manifest
 from edgeloop.models.store import verify_artifact
 from edgeloop.runtime.errors import EdgeloopError
 from edgeloop.runtime.golden import GoldenReport, GoldenSet, check
-from edgeloop.sync.bundle import BundleSpec
+from edgeloop.sync.bundle import BundleSpec, GoldenBounds, ProbationSpec
 
 from .camera import CameraPart, build_ladder
 from .probation import ProbationTap
@@ -113,6 +113,21 @@ class CameraDeployer:
             raise StageError(f"rollout: the golden set cannot be run: {exc.problem}", exc.fix, "golden") from None
         return Staged(spec, entry, model, golden)
 
+    def stage_bundled(self, name: str) -> Staged:
+        """The image's own model (a rollback to the version the device shipped with): trusted as
+        the image is, loaded from the manifest; its probation only asks that it answers."""
+        entry = self.store.manifest_entry(name)
+        if entry is None:
+            raise StageError(f"rollout: no bundled model '{name}'", "check the image's manifest", "load")
+        artifact = entry.cpu or next(iter(entry.artifacts.values()))
+        try:
+            model = self.agent.engine.load(artifact.file)
+        except EdgeloopError as exc:
+            raise StageError(f"rollout: the bundled {name} does not load: {exc.problem}", exc.fix, "load") from None
+        spec = BundleSpec(name, entry.version, "", (), GoldenBounds(""),
+                          ProbationSpec(window_s=0.0, min_requests=1, max_error_rate=1.0, max_stepdowns=1_000_000))
+        return Staged(spec, entry, model, GoldenReport(True, 1.0, 0.0, None))
+
     def discard(self, staged: Staged) -> None:
         staged.model.close()
         self.store.drop_candidate(staged.entry)
@@ -133,7 +148,10 @@ class CameraDeployer:
             route = part.router.routes()[part.task]
             shadow = (old_slot, SHADOW_SHARE) if spec.probation.min_agreement > 0 else route.shadow
             previous = self.store.installed(spec.model)
-            self.store.install(staged.entry)  # a camera rebuilt from now on loads the candidate
+            if staged.entry is self.store.manifest_entry(spec.model):
+                self.store.uninstall(spec.model)  # back to the image's own: nothing installed over it
+            else:
+                self.store.install(staged.entry)  # a camera rebuilt from now on loads the candidate
             part.router.set_route(part.task, replace(route, primary=slot, shadow=shadow))
             part.primary = staged.model
             self.store.drop_candidate(staged.entry)
