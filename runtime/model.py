@@ -60,6 +60,7 @@ class LoadedModel:
         self._local = threading.local()
         self._local.interp = first
         self._all = [first]
+        self._spare: list[BackendInterpreter] = []  # prewarm()'s, for threads that have none yet
         self._lock = threading.Lock()
         self._labels: list[str] | None = None
         self._writers: dict[Any, Any] = {}  # (format, frame shape, dtype) -> bound preprocess
@@ -97,11 +98,31 @@ class LoadedModel:
             with self._lock:
                 if self._closed:
                     raise InferenceError(f"model '{self.name}' is closed", "load it again")
-                interp = self._make()
-                self._all.append(interp)
-                self.stats.interpreters = len(self._all)
+                if self._spare:
+                    interp = self._spare.pop()  # made and warmed beforehand, off this thread
+                else:
+                    interp = self._make()
+                    self._all.append(interp)
+                    self.stats.interpreters = len(self._all)
             self._local.interp = interp
         return interp
+
+    def prewarm(self, n: int = 1) -> None:
+        """Make and warm ``n`` interpreters now, on this thread, for the next threads that run
+        the model: a model switched to on a serving thread (a rollout) answers its first frame
+        without building an interpreter inside it (measured: a 0.3 ms frame took 2-5 ms)."""
+        for _ in range(n):
+            interp = self._make()
+            for position, spec in enumerate(self.inputs):
+                interp.set_input(position, np.zeros(spec.shape, spec.dtype))
+            interp.invoke()
+            with self._lock:
+                if self._closed:
+                    interp.close()
+                    return
+                self._all.append(interp)
+                self._spare.append(interp)
+                self.stats.interpreters = len(self._all)
 
     # Raw tensors in, raw tensors out -------------------------------------------------
 

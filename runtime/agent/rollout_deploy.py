@@ -142,6 +142,9 @@ class CameraDeployer:
             spec = staged.spec
             slot = f"{spec.model}@{spec.version}"
             ladder = build_ladder(slot, staged.model, agent.engine, agent.config.camera, agent.records.put)
+            for rung in ladder.rungs:  # the camera's thread takes ready interpreters at its first frame
+                if hasattr(rung, "model"):
+                    rung.model.prewarm()
             tap = ProbationTap(ladder)
             part.add_slot(slot, staged.model, ladder, routed=tap)
             old_slot = part.primary_slot

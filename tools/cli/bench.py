@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-SUITES = ("model", "kernels", "index", "sync", "regional", "serial", "watchdog", "agent")
+SUITES = ("model", "kernels", "index", "sync", "regional", "serial", "watchdog", "agent", "rollout")
 
 
 def register(sub: Any, common: Any) -> None:
@@ -56,6 +56,11 @@ def register(sub: Any, common: Any) -> None:
     r.add_argument("--processes", type=int, default=4,
                    help="processes the devices run in (default 4; at least one per 150 devices)")
     r.add_argument("--sqlite", action="store_true", help="one receiver on an SQLite file instead of PostgreSQL")
+    ro = suite("rollout", "a rollout's cost to the camera serving through it, against steady windows",
+               run_rollout, engine=False)
+    ro.add_argument("--rounds", type=int, default=5, help="side-by-side rounds for the medians (default 5)")
+    ro.add_argument("--fps", type=float, default=200.0, help="the camera's frame rate (default 200)")
+    ro.add_argument("--probation-s", type=float, default=10.0, help="the bundles' probation window (default 10)")
     suite("serial", "the firmware bridge over a pty", run_suite)
     w = suite("watchdog", "the degradation ladder under injected faults", run_suite)
     w.add_argument("--requests", type=int, default=1000, help="requests per fault (default 1000)")
@@ -188,6 +193,19 @@ def run_regional(args: argparse.Namespace) -> int:
     r = bench_regional(args.devices, args.seconds, args.rate, min(args.processes, args.devices),
                        postgres=not args.sqlite, every=args.every,
                        progress=lambda m: print(f"bench regional: {m}", file=sys.stderr, flush=True))
+    _print(r, args.json)
+    return 0
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    from edgeloop.runtime.errors import ConfigError
+    from edgeloop.tools.bench.rollout import bench_rollout
+
+    if args.rounds < 1 or not 0 < args.fps <= 1000 or not 0 < args.probation_s <= 600:
+        raise ConfigError("bench rollout: --rounds must be positive, --fps within 0..1000, --probation-s within 0..600",
+                          "for example --rounds 3 --fps 100 --probation-s 2")
+    r = bench_rollout(args.rounds, args.fps, args.probation_s,
+                      progress=lambda m: print(f"bench rollout: {m}", file=sys.stderr, flush=True))
     _print(r, args.json)
     return 0
 

@@ -101,3 +101,25 @@ def make_bundle(manifest: Path, model: str, out: Path, probation: ProbationSpec,
         raise ConfigError(f"release: {exc.problem}", "fix the flag or the manifest entry it comes from") from None
     (out / "bundle.toml").write_bytes(text)
     return spec
+
+
+def reversioned(manifest: Path, model: str, version: str, out: Path) -> Path:
+    """A manifest at ``out`` registering ``model`` of ``manifest`` under another ``version``,
+    its paths made absolute: the same files released again (a benchmark's, or a re-release)."""
+    raw = tomllib.loads(manifest.read_text())["models"][model]
+    here = manifest.resolve().parent
+
+    def absolute(path: str) -> str:
+        return str((here / path).resolve())
+
+    table = {k: v for k, v in raw.items() if k not in ("golden", "card", "baseline")}
+    table["version"] = version
+    table["file"] = absolute(raw["file"])
+    for target, variant in raw.get("variants", {}).items():
+        table.setdefault("variants", {})[target] = {**variant, "file": absolute(variant["file"])}
+    if "labels" in raw.get("output", {}):
+        table["output"] = {**raw["output"], "labels": absolute(raw["output"]["labels"])}
+    golden_text = "".join(f"\n[[models.{model}.golden]]\ninput = {_toml_value(absolute(g['input']))}\n"
+                          f"top1 = {_toml_value(g['top1'])}\n" for g in raw.get("golden", []))
+    out.write_text("schema = 1\n\n" + _toml_table(f"models.{model}", table) + golden_text)
+    return out
