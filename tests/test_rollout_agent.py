@@ -119,6 +119,9 @@ def test_a_good_version_switches_without_a_gap_and_commits_after_probation(tmp_p
         assert status["route"]["digits"]["primary"] == "digits@1.1.0"
         assert status["models"]["digits@1.1.0"]["version"] == "1.1.0" and "digits" not in status["models"]
         assert status["rollout"]["state"] == "committed"
+        from edgeloop.sync.bundle_trust import CLOCK_FLOOR
+
+        assert agent.rollout.store.state.clock_floor > CLOCK_FLOOR  # the clock's high-water mark, kept
         assert gap < 0.25, f"serving stopped for {gap:.3f} s around the switch"
     # The next start serves the committed version from its slot, without the broker's help.
     with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
@@ -166,11 +169,29 @@ def test_a_cancel_is_obeyed_mid_download_and_the_camera_serves_on(tmp_path, brok
     repo, server, root, ops = fleet
     version = release(repo, tmp_path, "digits_v2")
     server.knobs.slow_bps = 2000.0  # the model file would take about 16 s
-    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+    with running_agent(replace(agent_config(tmp_path, broker.port, server, root), metrics_port=0)) as agent:
         wait_for(lambda: agent.inferences > 20, 20, "serving")
         doc = RolloutDoc("r1", "digits", version, 100.0, "r1", previous="1.0.0")
         ops.rollout("cams", doc)
         wait_for(lambda: ops.last("cam-1").get("progress", {}).get("have", 0) > 0, 20, "the download under way")
+        # The progress in metrics (promtool-clean) and in the status line.
+        from test_agent import scrape
+
+        wait_for(lambda: scrape(agent.metrics_url)["edgeloop_rollout_download_bytes"] > 0, 10, "progress in metrics")
+        m = scrape(agent.metrics_url)
+        assert m["edgeloop_rollout_state{state=downloading}"] == 1.0 and m["edgeloop_rollout_state{state=idle}"] == 0.0
+        assert m["edgeloop_rollout_download_length_bytes"] > m["edgeloop_rollout_download_bytes"] > 0
+        promtool = shutil.which("promtool")
+        if promtool is not None:  # (test_agent_field fails loudly without it)
+            import subprocess
+            import urllib.request
+
+            text = urllib.request.urlopen(agent.metrics_url, timeout=5).read()
+            check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+            assert check.returncode == 0 and not check.stdout.strip(), check
+        from edgeloop.runtime.agent.status import status_line
+
+        assert f"| rollout downloading {version} " in status_line(agent.status(fast=True))
         ops.rollout("cams", replace(doc, cancelled=True))
         cancelled = time.monotonic()
         wait_for(lambda: ops.last("cam-1").get("state") == "idle", 10, "the cancel obeyed")

@@ -81,6 +81,38 @@ class AgentCollector:
         yield from self._sync()
         yield from self._ladders()
         yield from self._mcu_and_mqtt()
+        yield from self._rollout()
+
+    def _rollout(self) -> Iterator[Metric]:
+        """The rollout's state (one series per state, 1 for the current one), the download's
+        progress (bytes, rate, ETA) and the attempts of the rollout under way."""
+        from edgeloop.sync.rollout_state import STATES
+
+        driver = getattr(self.agent, "rollout", None)
+        if driver is None:
+            return
+        s = driver.store.state
+        state = GaugeMetricFamily("edgeloop_rollout_state", "1 for the rollout's current state", labels=["state"])
+        for name in STATES:
+            state.add_metric([name], 1.0 if s.state == name else 0.0)
+        yield state
+        yield InfoMetricFamily("edgeloop_rollout", "the versions in the slots",
+                               value={"active": s.serving_version or "", "standby": s.standby_version or "",
+                                      "target": s.target or ""})
+        yield GaugeMetricFamily("edgeloop_rollout_attempts", "downloads started for the rollout", value=s.attempts)
+        progress = driver.progress
+        have = progress.have if progress is not None else 0
+        length = progress.length if progress is not None else 0
+        yield GaugeMetricFamily("edgeloop_rollout_download_bytes", "bytes of the bundle on disk", value=have)
+        yield GaugeMetricFamily("edgeloop_rollout_download_length_bytes", "bytes of the bundle", value=length)
+        yield GaugeMetricFamily("edgeloop_rollout_download_speed_bytes",
+                                "the download's current speed, bytes a second",
+                                value=progress.rate_bps if progress is not None else 0.0)
+        eta = progress.eta_s() if progress is not None else None
+        yield GaugeMetricFamily("edgeloop_rollout_download_eta_seconds", "time left at the current rate (0: none)",
+                                value=eta or 0.0)
+        yield CounterMetricFamily("edgeloop_rollout_fetched_bytes", "bytes fetched for the rollout (resends too)",
+                                  value=s.bytes + (progress.fetched if progress is not None else 0))
 
     def _answers(self) -> Iterator[Metric]:
         labels = ["task", "slot", "rung"]

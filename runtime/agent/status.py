@@ -111,6 +111,16 @@ def status_line(s: dict[str, Any]) -> str:
         line += f" | mcu {mcu.get('state')} {mcu.get('windows')} windows {mcu.get('commands')} commands"
         if "loop_p99_ms" in mcu:
             line += f" loop p99 {mcu['loop_p99_ms']} ms"
+    r = s.get("rollout")
+    if r and r.get("state") not in (None, "idle"):
+        line += f" | rollout {r['state']} {r.get('target')}"
+        p = r.get("progress")
+        if p and p.get("length"):
+            line += f" {100 * p['have'] / p['length']:.0f}%"
+            if p.get("eta_s") is not None:
+                line += f" eta {p['eta_s']:.0f} s"
+        if r.get("state") in ("rolled_back", "failed") and r.get("reason"):
+            line += f" ({r['reason'][:60]})"
     if s.get("fallbacks"):
         line += f" | {len(s['fallbacks'])} delegate fallback(s)"
     if s["state"] != "running":
