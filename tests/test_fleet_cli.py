@@ -69,6 +69,7 @@ def test_rollout_status_and_a_one_command_rollback(broker, small_fleet):
     wait_for(lambda: status(port)["rollout"]["committed"] == len(DEVICES), 60, "every device committed")
     text = fleet_cmd(port, "status", "--group", "cams").stdout
     assert f"digits {version} at 100 %" in text and "committed 4" in text and "active: 1.1.0 4" in text
+    assert "4 committed, 0 rolled back, 0 failed, 0 in progress, 0 stale" in text
     fetched = sum(n for p, n in server.sent.items() if p.endswith(".tflite"))
     fleet_cmd(port, "rollback", "--group", "cams")
     wait_for(lambda: status(port)["active"] == {"1.0.0": len(DEVICES)}
@@ -91,7 +92,12 @@ def test_pause_and_cancel_are_obeyed_and_bad_input_is_refused_before_publishing(
     out = fleet_cmd(port, "pause", "--group", "cams", check=False)
     assert out.returncode == 2 and "no rollout document" in out.stderr
     fleet_cmd(port, "rollout", "--group", "cams", "--model", "digits", "--version", version, "--pct", "100")
-    fleet_cmd(port, "pause", "--group", "cams")
+    # Some devices commit before the pause and the cancel (the cancel must bring them back, paused
+    # or not, through a probation on the previous version that must not undo the way back).
+    wait_for(lambda: status(port)["rollout"]["committed"] >= 1, 30, "a first device committed")
+    fleet_cmd(port, "rollout", "--group", "cams", "--pause")
+    out = fleet_cmd(port, "rollout", "--group", "cams", "--widen", check=False)
+    assert out.returncode == 2 and "--widen needs --pct" in out.stderr
     fleet_cmd(port, "cancel", "--group", "cams")
     # Whatever each device had reached (some commit within a second), a cancel ends on the previous version.
     def settled() -> bool:

@@ -85,10 +85,11 @@ def test_a_good_version_widens_to_the_whole_fleet_and_every_device_commits(sim_f
     assert s["rollout"]["pct"] == 100.0 and s["rollout"]["committed"] == len(DEVICES), s
     assert s["active"] == {"1.1.0": len(DEVICES)}
     assert all(a.errors == 0 and a.answers > 0 for a in agents)
+    assert s["rollout"]["rolled_back"] == s["rollout"]["failed"] == 0 and not s["stale"]
     print(f"50 devices to 100 % in {took:.1f} s")
 
 
-def test_a_bad_version_stops_at_the_canary_which_rolls_back_and_nobody_else_fetches_it(sim_fleet):
+def test_a_bad_version_stops_at_the_canary_which_rolls_back_and_nobody_else_fetches_it(sim_fleet, broker):
     repo, server, agents, view, tmp = sim_fleet
     version = release(repo, tmp, "digits_bad", probation=SIM_PROBATION, check=False)
     salt = canary_salt(5.0, 2)
@@ -106,3 +107,16 @@ def test_a_bad_version_stops_at_the_canary_which_rolls_back_and_nobody_else_fetc
     assert all(r["state"] == "idle" for d, r in reports.items() if d not in canaries)
     fetched = sum(1 for path, _, status in server.requests if path.endswith("digits_bad.tflite") and status == 200)
     assert fetched == len(canaries)  # each canary once, nobody else
+    # `edgeloop fleet status` says so, as an operator runs it
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgeloop.tools.cli", "fleet", "status", "--group", "cams", "--json",
+                          "--broker", f"127.0.0.1:{broker.port}", "--fleet", "f1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert s["rollout"]["cancelled"] and s["rollout"]["rolled_back"] == len(canaries) == s["rollout"]["cohort"]
+    assert s["rollout"]["committed"] == 0 and s["active"] == {"1.0.0": len(DEVICES)} and not s["stale"]
+    assert set(s["failures"]) == canaries

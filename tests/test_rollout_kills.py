@@ -90,6 +90,9 @@ def test_a_kill_9_in_any_state_resumes_or_rolls_back(tmp_path, broker, fleet, ki
             assert "restarted during" in state.reason and any(k.startswith(version) for k in agent.rollout.store.bad_versions())
         n = agent.inferences
         wait_for(lambda: agent.inferences > n + 10, 10, "serving on")
+        # and the reported document tells which
+        wait_for(lambda: ops.last("cam-1").get("state") == ends and ops.last("cam-1").get("active") == serving, 10,
+                 "the reported document")
     again = RolloutStore(config.data_path / "rollout" / "state.db")
     assert again.state.state == ends and again.state.transitions < 24
     again.close()

@@ -56,6 +56,7 @@ class RolloutSettings:
     root: Path  # the fleet's root.json, shipped in the device image
     retry_s: float = 60.0  # metadata refused or unreachable: asked again this much later
     report_every_s: float = 2.0  # progress while downloading
+    heartbeat_s: float = 60.0  # the reported document again at rest: a fleet view tells a silent device
     policy: FetchPolicy = field(default_factory=FetchPolicy)
 
 
@@ -165,8 +166,10 @@ class RolloutDriver:
             return None
         if doc.cancelled:
             self.note = "cancelled"
-            # A device that committed the cancelled version goes back to the previous one.
-            return doc.previous if doc.previous and s.serving_version == doc.version else None
+            # A device that committed the cancelled version goes back to the previous one (and
+            # keeps wanting it while it goes: its probation there must not undo the way back).
+            going_back = s.rollout == doc.id and s.target == doc.previous
+            return doc.previous if doc.previous and (s.serving_version == doc.version or going_back) else None
         self.note = ""
         return doc.version
 
@@ -214,7 +217,7 @@ class RolloutDriver:
             self._report(force=True)
             return
         assert doc is not None
-        if doc.paused and s.state not in ("downloading", "verified"):
+        if doc.paused and not doc.cancelled and s.state not in ("downloading", "verified"):  # a cancel goes back even so
             self.note = "paused" + (": staged, waiting to switch" if s.state == "staged" else "")
             self._report()
             return
@@ -317,7 +320,7 @@ class RolloutDriver:
         self._switch(doc)
 
     def _switch(self, doc: RolloutDoc) -> None:
-        if doc.paused:
+        if doc.paused and not doc.cancelled:
             self.note = "paused: staged, waiting to switch"
             self._report(force=True)
             return
@@ -436,9 +439,11 @@ class RolloutDriver:
             self._warn.warning("rollout: the reported document was not published: %s", exc)
 
     def _report_loop(self, stop: threading.Event) -> None:
+        last = time.monotonic()
         while not stop.wait(self.s.report_every_s):
-            if self.progress is not None or self.probation is not None:
+            if self.progress is not None or self.probation is not None or time.monotonic() - last >= self.s.heartbeat_s:
                 self._report(force=True)
+                last = time.monotonic()
 
     def close(self) -> None:
         self.fetcher.cancel()

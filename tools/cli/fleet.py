@@ -28,13 +28,20 @@ def register(sub: Any, common: Any) -> None:
     group_flag(sp, required=False)
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the retained reports (default 10)")
+    sp.add_argument("--stale-s", type=float, default=180.0,
+                    help="a device whose last report is older is stale (default 180; devices report every 60 s)")
     sp.set_defaults(handler=cmd_status)
 
     sp = fsub.add_parser("rollout", help="publish a group's rollout document (retained)")
     group_flag(sp)
-    sp.add_argument("--model", required=True, help="the model the bundle replaces (the camera's)")
-    sp.add_argument("--version", required=True, help="the released version (edgeloop release list)")
-    sp.add_argument("--pct", type=float, default=5.0, help="the share of the group that takes it (default 5)")
+    sp.add_argument("--model", help="the model the bundle replaces (the camera's; a new rollout)")
+    sp.add_argument("--version", help="the released version (edgeloop release list; a new rollout)")
+    sp.add_argument("--pct", type=float, default=None, help="the share of the group that takes it (default 5)")
+    change = sp.add_mutually_exclusive_group()
+    change.add_argument("--widen", action="store_true", help="the current rollout to --pct (the same canaries stay)")
+    for name, what in (("pause", "devices not yet switching wait"), ("resume", "a paused rollout goes on"),
+                       ("cancel", "devices stop; on probation they roll back, committed they go back to previous")):
+        change.add_argument(f"--{name}", action="store_true", help=f"the current rollout: {what}")
     sp.add_argument("--previous", help="the version a cancel goes back to (default: what most devices run)")
     sp.add_argument("--deadline-s", type=float, help="devices not committed this long from now count as failed")
     sp.add_argument("--id", help="the rollout's id (default: from the version and the time)")
@@ -99,12 +106,39 @@ def _pct(value: float) -> float:
     return value
 
 
+def _change(args: argparse.Namespace, changes: dict[str, Any]) -> int:
+    """The group's current rollout document republished with ``changes``."""
+    from dataclasses import replace
+
+    view = _view(args)
+    try:
+        doc = _checked(replace(_current(view, args.group), **changes, issued=time.time()))
+        view.publish(args.group, doc)
+    finally:
+        view.close()
+    print_json({"group": args.group, "published": doc.__dict__})
+    return 0
+
+
+FLAGS = {"pause": {"paused": True}, "resume": {"paused": False}, "cancel": {"cancelled": True}}
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     import math
 
     from edgeloop.sync.rollout_doc import RolloutDoc
 
-    pct = _pct(args.pct)
+    if args.widen:
+        if args.pct is None:
+            raise ConfigError("--widen needs --pct", "give the new share, e.g. --widen --pct 25")
+        return _change(args, {"pct": _pct(args.pct)})
+    for flag, changes in FLAGS.items():
+        if getattr(args, flag):
+            return _change(args, changes)
+    if not args.model or not args.version:
+        raise ConfigError("fleet rollout: a new rollout needs --model and --version",
+                          "give both, or --widen/--pause/--resume/--cancel for the current one")
+    pct = _pct(5.0 if args.pct is None else args.pct)
     if args.deadline_s is not None and not (math.isfinite(args.deadline_s) and args.deadline_s > 0):
         raise ConfigError(f"--deadline-s: {args.deadline_s} is not a positive number of seconds", "give e.g. 3600")
     _checked(RolloutDoc("check", args.model, args.version, pct, "check"))  # the model and version named first
@@ -126,18 +160,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_flag(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    view = _view(args)
-    try:
-        doc = _current(view, args.group)
-        changes = {"pause": {"paused": True}, "resume": {"paused": False}, "cancel": {"cancelled": True}}[args.flag]
-        doc = _checked(replace(doc, **changes, issued=time.time()))
-        view.publish(args.group, doc)
-    finally:
-        view.close()
-    print_json({"group": args.group, "published": doc.__dict__})
-    return 0
+    return _change(args, FLAGS[args.flag])
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -167,7 +190,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         reports = view.group_reports(args.group) if args.group else dict(view.reports)
         doc = view.docs.get(args.group) if args.group else None
-        out = {"fleet": args.fleet, "group": args.group, **summary(doc, reports), "refused_reports": view.refused}
+        out = {"fleet": args.fleet, "group": args.group, **summary(doc, reports, stale_s=args.stale_s),
+               "refused_reports": view.refused}
     finally:
         view.close()
     if args.json:
@@ -179,9 +203,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if r:
         flags = "".join(f" ({f})" for f in ("paused", "cancelled") if r[f])
         print(f"  rollout {r['id']}: {r['model']} {r['version']} at {r['pct']:g} %{flags}: cohort {r['cohort']}, "
-              f"{r['committed']} committed, {r['failed']} failed, {r['in_progress']} in progress")
+              f"{r['committed']} committed, {r['rolled_back']} rolled back, {r['failed']} failed, "
+              f"{r['in_progress']} in progress, {r['stale']} stale")
     print("  states: " + (", ".join(f"{k} {v}" for k, v in sorted(out["states"].items(), key=str)) or "none"))
     print("  active: " + (", ".join(f"{k} {v}" for k, v in sorted(out["active"].items(), key=str)) or "none"))
+    if out["stale"]:
+        print(f"  stale (no report for {args.stale_s:g} s): " + ", ".join(out["stale"][:20])
+              + (f" and {len(out['stale']) - 20} more" if len(out["stale"]) > 20 else ""))
     for device, reason in sorted((out.get("failures") or {}).items()):
         print(f"  failed {device}: {reason}")
     return 0

@@ -96,11 +96,19 @@ class FleetView:
         self.client.disconnect()
 
 
-def summary(doc: RolloutDoc | None, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Counts by state and active version; the cohort's progress under ``doc``; each failure's reason."""
+STALE_S = 180.0  # devices report at least once a minute; three missed: stale
+
+
+def summary(doc: RolloutDoc | None, reports: dict[str, dict[str, Any]], now: float | None = None,
+            stale_s: float = STALE_S) -> dict[str, Any]:
+    """Counts by state and active version, the devices gone quiet; the cohort's progress under
+    ``doc`` (target, committed, failed, rolled back, in progress); each failure's reason."""
+    now = time.time() if now is None else now
+    stale = sorted(d for d, r in reports.items()
+                   if not isinstance(r.get("at"), (int, float)) or now - r["at"] > stale_s)
     out: dict[str, Any] = {
         "devices": len(reports), "states": dict(Counter(r.get("state") for r in reports.values())),
-        "active": dict(Counter(r.get("active") for r in reports.values())), "rollout": None,
+        "active": dict(Counter(r.get("active") for r in reports.values())), "stale": stale, "rollout": None,
     }
     if doc is not None:
         cohort = [d for d in reports if in_cohort(d, doc)]
@@ -108,9 +116,12 @@ def summary(doc: RolloutDoc | None, reports: dict[str, dict[str, Any]]) -> dict[
         out["rollout"] = {
             "id": doc.id, "model": doc.model, "version": doc.version, "pct": doc.pct, "paused": doc.paused,
             "cancelled": doc.cancelled, "cohort": len(cohort),
+            "target": doc.version,
             "committed": sum(1 for r in mine if r.get("state") == "committed" and r.get("active") == doc.version),
-            "failed": sum(1 for r in mine if is_failure(r, doc)),
+            "failed": sum(1 for r in mine if is_failure(r, doc) and r.get("state") != "rolled_back"),
+            "rolled_back": sum(1 for r in mine if is_failure(r, doc) and r.get("state") == "rolled_back"),
             "in_progress": sum(1 for r in mine if r.get("pending") == doc.version),
+            "stale": sum(1 for d in cohort if d in stale),
         }
         out["failures"] = {r["device"]: r.get("reason") for r in mine if is_failure(r, doc)}
     return out
