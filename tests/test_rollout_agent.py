@@ -261,3 +261,22 @@ def test_a_prewarmed_model_serves_a_new_thread_without_building_an_interpreter_i
         t.start()
         t.join()
         assert model.stats.interpreters == 3  # no spare left: built as before
+
+
+def test_a_desired_config_that_rebuilds_the_camera_during_probation_does_not_lose_it(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2", probation=replace(PROBATION, window_s=3.0))
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 20 and agent.desired is not None, 20, "serving")
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "probation", 20, "the switch")
+        part = agent.camera
+        ops.client.publish("edgeloop/v1/f1/cam-1/config", json.dumps({"camera": {"deadline_ms": 150.0}}), qos=1,
+                           retain=True).wait_for_publish(5)
+        wait_for(lambda: agent.camera is not part, 10, "the camera rebuilt")
+        assert agent.camera.primary.entry.version == "1.1.0"  # rebuilt on the candidate
+        wait_for(lambda: ops.last("cam-1").get("state") == "committed", 30, "the commit")
+        got = ops.last("cam-1")
+        assert got["active"] == "1.1.0" and got["verdict"]["passed"]
+        assert agent.status(fast=True)["models"]["digits"]["version"] == "1.1.0"
+    ops.client.publish("edgeloop/v1/f1/cam-1/config", b"", qos=1, retain=True).wait_for_publish(5)

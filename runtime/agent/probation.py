@@ -61,7 +61,14 @@ class Probation:
         self.clock = clock
         self.started = clock()
         self._events_at_start = len(tap.ladder.events)
+        self._carried_downs = 0
         self._shadow_at_start = dict(shadow()) if shadow is not None else {}
+
+    def follow(self, tap: ProbationTap, model: Any) -> None:
+        """Go on with another tap (the camera rebuilt on the candidate), the answers kept."""
+        self._carried_downs = self.figures()["stepdowns"]
+        self.tap, self.model = tap, model
+        self._events_at_start = len(tap.ladder.events)
 
     def figures(self) -> dict[str, Any]:
         """What the probation has seen so far (in the reported document and ``edgeloop status``)."""
@@ -72,7 +79,7 @@ class Probation:
         p95 = float(np.percentile([ms for ms, _ in answers], 95)) if answers else None
         rungs = self.tap.ladder.rungs
         names = [r.name for r in rungs]
-        downs = sum(1 for e in self.tap.ladder.events[self._events_at_start:]
+        downs = self._carried_downs + sum(1 for e in self.tap.ladder.events[self._events_at_start:]
                     if e["to"] in names and e["from"] in names and names.index(e["to"]) > names.index(e["from"]))
         out: dict[str, Any] = {"elapsed_s": round(self.clock() - self.started, 2), "requests": n,
                                "error_rate": round(off_model / n, 4) if n else None,

@@ -344,6 +344,7 @@ class RolloutDriver:
 
     def _judge(self) -> None:
         assert self.probation is not None and self._switched is not None
+        self.deployer.follow(self._switched, self.probation)
         verdict = self.probation.judge()
         if verdict is None:
             return

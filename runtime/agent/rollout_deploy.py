@@ -161,6 +161,22 @@ class CameraDeployer:
             log.info("rollout: %s %s serves (was slot %s); probation begins", spec.model, spec.version, old_slot)
             return Switched(staged, part, slot, old_slot, previous, tap, route.shadow)
 
+    def follow(self, switched: Switched, probation: Any) -> None:
+        """A desired config rebuilt the camera during the probation: the new part loaded the
+        candidate (the store has it installed), so the probation goes on on its ladder, with the
+        answers seen so far. The old version is not in the new part: a rollback rebuilds it."""
+        part = self.agent.camera
+        if part is None or part is switched.part or part.router is None:
+            return
+        with self.agent._swap:
+            slot = part.primary_slot
+            tap = ProbationTap(part.ladders[slot])
+            tap.answers = switched.tap.answers
+            part.router.add_slot(slot, tap)
+            switched.part, switched.slot, switched.tap = part, slot, tap
+            probation.follow(tap, part.models[slot])
+        log.info("rollout: the camera was rebuilt during the probation; it goes on on the new part")
+
     def shadow_figures(self, switched: Switched) -> Any:
         part = switched.part
         return lambda: (part.router.shadow_stats.get(switched.old_slot, {}) if part.router else {})
