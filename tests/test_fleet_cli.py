@@ -6,20 +6,17 @@ one mid-way; bad input is refused before anything is published."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from conftest import wait_for
 from edgeloop.sync.mqtt_client import BrokerConfig
-from edgeloop.tools.release.repository import ReleaseRepository
 from edgeloop.tools.testing.bundle_server import BundleServer
-from edgeloop.tools.testing.fleet_sim import LightAgent
+from edgeloop.tools.testing.fleet_sim import LightAgent, close_all
 from test_fleet_rollout import SIM_PROBATION
-from test_rollout_agent import release
+from test_rollout_agent import release, signed_repo
 
 EDGELOOP = [sys.executable, "-m", "edgeloop.tools.cli"]
 DEVICES = ["cli-1", "cli-2", "cli-3", "cli-4"]
@@ -39,10 +36,7 @@ def status(port: int) -> dict:
 
 @pytest.fixture
 def small_fleet(tmp_path, broker):
-    repo = ReleaseRepository(tmp_path / "repo", tmp_path / "keys")
-    repo.init(["cams"])
-    root = tmp_path / "image-root.json"
-    shutil.copyfile(repo.metadata / "root.json", root)
+    repo, root = signed_repo(tmp_path)
     address = BrokerConfig("127.0.0.1", broker.port)
     with BundleServer(repo.repo) as server:
         agents = [LightAgent(d, "f1", "cams", address, tmp_path / d, server.url, root) for d in DEVICES]
@@ -51,11 +45,7 @@ def small_fleet(tmp_path, broker):
         finally:
             subprocess.run([*EDGELOOP, "fleet", "cancel", "--group", "cams", "--broker", f"127.0.0.1:{broker.port}",
                             "--fleet", "f1"], capture_output=True, timeout=60)
-            closing = [threading.Thread(target=a.close) for a in agents]
-            for t in closing:
-                t.start()
-            for t in closing:
-                t.join(30)
+            close_all(agents)
 
 
 def test_rollout_status_and_a_one_command_rollback(broker, small_fleet):

@@ -6,7 +6,6 @@ device fetches it."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -17,10 +16,9 @@ from edgeloop.sync.mqtt_client import BrokerConfig
 from edgeloop.sync.rollout_doc import RolloutDoc, in_cohort
 from edgeloop.tools.fleet.controller import Controller, Plan
 from edgeloop.tools.fleet.view import FleetView, summary
-from edgeloop.tools.release.repository import ReleaseRepository
 from edgeloop.tools.testing.bundle_server import BundleServer
-from edgeloop.tools.testing.fleet_sim import LightAgent
-from test_rollout_agent import PROBATION, release
+from edgeloop.tools.testing.fleet_sim import LightAgent, close_all
+from test_rollout_agent import PROBATION, release, signed_repo
 
 DEVICES = [f"sim-{n:03d}" for n in range(50)]
 SIM_PROBATION = PROBATION.__class__(window_s=1.0, min_requests=10, p95_ms=250.0, max_error_rate=0.2,
@@ -39,10 +37,7 @@ def canary_salt(pct: float, at_least: int) -> str:
 
 @pytest.fixture
 def sim_fleet(tmp_path, broker):
-    repo = ReleaseRepository(tmp_path / "repo", tmp_path / "keys")
-    repo.init(["cams"])
-    root = tmp_path / "image-root.json"
-    shutil.copyfile(repo.metadata / "root.json", root)
+    repo, root = signed_repo(tmp_path)
     address = BrokerConfig("127.0.0.1", broker.port)
     with BundleServer(repo.repo) as server:
         agents = [LightAgent(d, "f1", "cams", address, tmp_path / d, server.url, root) for d in DEVICES]
@@ -53,11 +48,7 @@ def sim_fleet(tmp_path, broker):
         finally:
             view.publish("cams", None)
             view.close()
-            closing = [threading.Thread(target=a.close) for a in agents]
-            for t in closing:
-                t.start()
-            for t in closing:
-                t.join(30)
+            close_all(agents)
 
 
 def run_controller(view: FleetView, plan: Plan, timeout_s: float) -> tuple[Controller, object]:

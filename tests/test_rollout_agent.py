@@ -71,12 +71,18 @@ def release(repo: ReleaseRepository, tmp: Path, name: str, probation: ProbationS
     return spec.version
 
 
-@pytest.fixture
-def fleet(tmp_path, broker):
+def signed_repo(tmp_path: Path) -> tuple[ReleaseRepository, Path]:
+    """A fresh repository for group ``cams``, and its root.json as a device image ships it."""
     repo = ReleaseRepository(tmp_path / "repo", tmp_path / "keys")
     repo.init(["cams"])
     image_root = tmp_path / "image-root.json"
     shutil.copyfile(repo.metadata / "root.json", image_root)
+    return repo, image_root
+
+
+@pytest.fixture
+def fleet(tmp_path, broker):
+    repo, image_root = signed_repo(tmp_path)
     ops = Operator(broker.port)
     with BundleServer(repo.repo) as server:
         yield repo, server, image_root, ops

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path

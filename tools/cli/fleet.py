@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from edgeloop.runtime.errors import ConfigError
 
@@ -106,13 +106,14 @@ def _pct(value: float) -> float:
     return value
 
 
-def _change(args: argparse.Namespace, changes: dict[str, Any]) -> int:
-    """The group's current rollout document republished with ``changes``."""
+def _change(args: argparse.Namespace, changes: dict[str, Any] | Callable[[Any], dict[str, Any]]) -> int:
+    """The group's current rollout document republished with ``changes`` (or what they make of it)."""
     from dataclasses import replace
 
     view = _view(args)
     try:
-        doc = _checked(replace(_current(view, args.group), **changes, issued=time.time()))
+        doc = _current(view, args.group)
+        doc = _checked(replace(doc, **(changes(doc) if callable(changes) else changes), issued=time.time()))
         view.publish(args.group, doc)
     finally:
         view.close()
@@ -164,23 +165,16 @@ def cmd_flag(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    view = _view(args)
-    try:
-        doc = _current(view, args.group)
+    def back(doc: Any) -> dict[str, Any]:
         to = args.to or doc.previous
         if not to:
             raise ConfigError(f"fleet: the rollout {doc.id} names no previous version", "give --to VERSION")
         if to == doc.version:
             raise ConfigError(f"fleet: {to} is the version being rolled out", "give the version to go back to")
-        doc = _checked(replace(doc, id=f"{doc.id}-rollback"[:64], version=to, previous=doc.version, pct=100.0,
-                               paused=False, cancelled=False, deadline=None, issued=time.time()))
-        view.publish(args.group, doc)
-    finally:
-        view.close()
-    print_json({"group": args.group, "published": doc.__dict__})
-    return 0
+        return {"id": f"{doc.id}-rollback"[:64], "version": to, "previous": doc.version, "pct": 100.0,
+                "paused": False, "cancelled": False, "deadline": None}
+
+    return _change(args, back)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
