@@ -231,6 +231,10 @@ def test_paused_waits_out_of_cohort_does_nothing_and_frozen_metadata_waits_until
     version = release(repo, tmp_path, "digits_v2")
     with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
         wait_for(lambda: agent.inferences > 5, 20, "serving")
+        ops.client.publish("edgeloop/v1/f1/group/cams/rollout", b'{"id": "r/1", "pct": 5}', qos=1,
+                           retain=True).wait_for_publish(5)  # hostile or broken: refused, named
+        wait_for(lambda: "'id'" in (ops.last("cam-1").get("document_error") or ""), 10, "the document refused")
+        assert ops.last("cam-1")["state"] == "idle"
         doc = RolloutDoc("r1", "digits", version, 0.0, "r1")
         ops.rollout("cams", doc)
         wait_for(lambda: (ops.last("cam-1").get("note") or "").startswith("not in the cohort"), 10, "out of the cohort")

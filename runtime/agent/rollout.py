@@ -82,6 +82,7 @@ class RolloutDriver:
                                  max(CLOCK_FLOOR, self.store.state.clock_floor))
         self.fetcher = Fetcher(settings.policy)
         self.doc: RolloutDoc | None = None
+        self.doc_received = False  # nothing is decided before the retained document has come
         self.doc_error: str | None = None
         self.note = ""  # why nothing happens (not in the cohort, waiting for the clock, ...)
         self.progress: Progress | None = None
@@ -146,6 +147,7 @@ class RolloutDriver:
             return
         with self._lock:
             self.doc, self.doc_error = doc, None
+            self.doc_received = True
             self._retry_at = 0.0
         s = self.store.state
         if s.state == "downloading" and self.wanted(doc) != s.target:
@@ -191,6 +193,8 @@ class RolloutDriver:
             reporter.join(5)
 
     def step(self) -> None:
+        if not self.doc_received:  # after a start, a download under way waits for its document
+            return
         s = self.store.state
         doc = self.doc
         want = self.wanted(doc)
