@@ -67,7 +67,10 @@ class FleetView:
             if report is None:
                 self.reports.pop(device, None)
             else:
-                self.reports[device] = {**report, "device": device}
+                # A live report's arrival vouches for the device whatever its clock says (a Pi
+                # without RTC); a retained one is only as fresh as its own "at".
+                live = None if message.retain else time.time()
+                self.reports[device] = {**report, "device": device, "received_live_at": live}
 
     def settle(self, quiet_s: float = 0.5, timeout_s: float = 10.0) -> bool:
         """Until the retained documents have arrived (nothing new for ``quiet_s``)."""
@@ -104,8 +107,10 @@ def summary(doc: RolloutDoc | None, reports: dict[str, dict[str, Any]], now: flo
     """Counts by state and active version, the devices gone quiet; the cohort's progress under
     ``doc`` (target, committed, failed, rolled back, in progress); each failure's reason."""
     now = time.time() if now is None else now
-    stale = sorted(d for d, r in reports.items()
-                   if not isinstance(r.get("at"), (int, float)) or now - r["at"] > stale_s)
+    def fresh(r: dict[str, Any]) -> bool:
+        return any(isinstance(t, (int, float)) and now - t <= stale_s for t in (r.get("at"), r.get("received_live_at")))
+
+    stale = sorted(d for d, r in reports.items() if not fresh(r))
     out: dict[str, Any] = {
         "devices": len(reports), "states": dict(Counter(r.get("state") for r in reports.values())),
         "active": dict(Counter(r.get("active") for r in reports.values())), "stale": stale, "rollout": None,
@@ -123,7 +128,7 @@ def summary(doc: RolloutDoc | None, reports: dict[str, dict[str, Any]], now: flo
             "in_progress": sum(1 for r in mine if r.get("pending") == doc.version),
             "stale": sum(1 for d in cohort if d in stale),
         }
-        out["failures"] = {r["device"]: r.get("reason") for r in mine if is_failure(r, doc)}
+        out["failures"] = {d: reports[d].get("reason") for d in cohort if is_failure(reports[d], doc)}
     return out
 
 
