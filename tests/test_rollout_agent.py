@@ -290,3 +290,24 @@ def test_a_desired_config_that_rebuilds_the_camera_during_probation_does_not_los
         assert got["active"] == "1.1.0" and got["verdict"]["passed"]
         assert agent.status(fast=True)["models"]["digits"]["version"] == "1.1.0"
     ops.client.publish("edgeloop/v1/f1/cam-1/config", b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_a_rollback_after_the_camera_was_rebuilt_during_probation_goes_back_to_the_old_version(tmp_path, broker,
+                                                                                               fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_slow", probation=replace(PROBATION, p95_ms=1.0, window_s=3.0))
+    with running_agent(agent_config(tmp_path, broker.port, server, root)) as agent:
+        wait_for(lambda: agent.inferences > 20 and agent.desired is not None, 20, "serving")
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "probation", 20, "the switch")
+        part = agent.camera
+        ops.client.publish("edgeloop/v1/f1/cam-1/config", json.dumps({"camera": {"deadline_ms": 150.0}}), qos=1,
+                           retain=True).wait_for_publish(5)
+        wait_for(lambda: agent.camera is not part, 10, "the camera rebuilt")
+        wait_for(lambda: ops.last("cam-1").get("state") == "rolled_back", 30, "the rollback")
+        assert ops.last("cam-1")["reason"].startswith("p95")
+        wait_for(lambda: agent.camera.primary.entry.version == "1.0.0", 10, "the camera on the old version")
+        n = agent.inferences
+        wait_for(lambda: agent.inferences > n + 10, 10, "serving on")
+        assert agent.status(fast=True)["models"]["digits"]["version"] == "1.0.0"
+    ops.client.publish("edgeloop/v1/f1/cam-1/config", b"", qos=1, retain=True).wait_for_publish(5)

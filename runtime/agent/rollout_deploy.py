@@ -51,7 +51,7 @@ class Switched:
     staged: Staged
     part: CameraPart
     slot: str  # the candidate's slot
-    old_slot: str
+    old_slot: str | None  # None once the camera was rebuilt on the candidate (``follow``)
     previous: ModelEntry | None  # what the store had installed before (None: the bundled model)
     tap: ProbationTap
     saved_shadow: Any
@@ -173,7 +173,9 @@ class CameraDeployer:
             tap = ProbationTap(part.ladders[slot])
             tap.answers = switched.tap.answers
             part.router.add_slot(slot, tap)
-            switched.part, switched.slot, switched.tap = part, slot, tap
+            # The new part has no old version to go back to through the router (its slot of the
+            # model's name is the candidate now): a rollback rebuilds the camera.
+            switched.part, switched.slot, switched.tap, switched.old_slot = part, slot, tap, None
             probation.follow(tap, part.models[slot])
         log.info("rollout: the camera was rebuilt during the probation; it goes on on the new part")
 
