@@ -53,9 +53,10 @@ def test_rollout_status_and_a_one_command_rollback(broker, small_fleet):
     port = broker.port
     version = release(repo, tmp, "digits_v2", probation=SIM_PROBATION)
     wait_for(lambda: status(port)["devices"] == len(DEVICES), 30, "every device reporting")
-    out = fleet_cmd(port, "rollout", "--group", "cams", "--model", "digits", "--version", version, "--pct", "100")
+    out = fleet_cmd(port, "rollout", "--group", "cams", "--version", version, "--pct", "100")
     published = json.loads(out.stdout)["published"]
-    assert published["previous"] == "1.0.0" and published["pct"] == 100.0  # previous: what the devices run
+    # previous: what the devices run; the model: the one they report
+    assert published["previous"] == "1.0.0" and published["pct"] == 100.0 and published["model"] == "digits"
     wait_for(lambda: status(port)["rollout"]["committed"] == len(DEVICES), 60, "every device committed")
     text = fleet_cmd(port, "status", "--group", "cams").stdout
     assert f"digits {version} at 100 %" in text and "committed 4" in text and "active: 1.1.0 4" in text

@@ -34,7 +34,7 @@ def register(sub: Any, common: Any) -> None:
 
     sp = fsub.add_parser("rollout", help="publish a group's rollout document (retained)")
     group_flag(sp)
-    sp.add_argument("--model", help="the model the bundle replaces (the camera's; a new rollout)")
+    sp.add_argument("--model", help="the model the bundle replaces (default: the one the group's devices report)")
     sp.add_argument("--version", help="the released version (edgeloop release list; a new rollout)")
     sp.add_argument("--pct", type=float, default=None, help="the share of the group that takes it (default 5)")
     change = sp.add_mutually_exclusive_group()
@@ -136,17 +136,23 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     for flag, changes in FLAGS.items():
         if getattr(args, flag):
             return _change(args, changes)
-    if not args.model or not args.version:
-        raise ConfigError("fleet rollout: a new rollout needs --model and --version",
-                          "give both, or --widen/--pause/--resume/--cancel for the current one")
+    if not args.version:
+        raise ConfigError("fleet rollout: a new rollout needs --version",
+                          "give it (and --model), or --widen/--pause/--resume/--cancel for the current one")
     pct = _pct(5.0 if args.pct is None else args.pct)
     if args.deadline_s is not None and not (math.isfinite(args.deadline_s) and args.deadline_s > 0):
         raise ConfigError(f"--deadline-s: {args.deadline_s} is not a positive number of seconds", "give e.g. 3600")
-    _checked(RolloutDoc("check", args.model, args.version, pct, "check"))  # the model and version named first
+    _checked(RolloutDoc("check", args.model or "m", args.version, pct, "check"))  # the flags named first
     now = time.time()
     rid = args.id or f"{args.version}-{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}"
     view = _view(args)
     try:
+        if not args.model:  # the model the group's devices report rolling out
+            models = Counter(r.get("model") for r in view.group_reports(args.group).values() if r.get("model"))
+            if len(models) != 1:
+                raise ConfigError(f"fleet rollout: the devices of group '{args.group}' report "
+                                  f"{', '.join(map(str, models)) or 'no model'}", "give --model")
+            args.model = next(iter(models))
         previous = args.previous
         if previous is None:
             active = Counter(r.get("active") for r in view.group_reports(args.group).values() if r.get("active"))
