@@ -7,6 +7,7 @@ fails here), a slow one is rolled back on its p95, and each is marked bad."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -311,3 +312,31 @@ def test_a_rollback_after_the_camera_was_rebuilt_during_probation_goes_back_to_t
         wait_for(lambda: agent.inferences > n + 10, 10, "serving on")
         assert agent.status(fast=True)["models"]["digits"]["version"] == "1.0.0"
     ops.client.publish("edgeloop/v1/f1/cam-1/config", b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_a_full_data_disk_makes_the_download_wait_and_it_goes_on_once_there_is_room(tmp_path, broker, fleet):
+    from conftest import tmpfs
+
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2")
+    with tmpfs(tmp_path / "disk", "3m") as disk:
+        config = replace(agent_config(tmp_path, broker.port, server, root), data_dir=str(disk / "data"))
+        with running_agent(config) as agent:
+            wait_for(lambda: agent.inferences > 5, 20, "serving")
+            filler = disk / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+            try:  # the disk full: less room than the bundle needs
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+            wait_for(lambda: "disk" in (ops.last("cam-1").get("note") or ""), 20, "the full disk said")
+            assert ops.last("cam-1")["active"] == "1.0.0"
+            n = agent.inferences
+            wait_for(lambda: agent.inferences > n + 10, 10, "serving on with the disk full")
+            assert agent.status(fast=True)["stages"]["rollout"]["restarts"] == 0
+            filler.unlink()  # room again: the same rollout goes on (retry_s is 1 s)
+            wait_for(lambda: ops.last("cam-1").get("state") == "committed", 30, "the commit")

@@ -277,6 +277,9 @@ class RolloutDriver:
         except FetchError as exc:
             self._fail(f"fetch {exc.reason}: {exc.problem}", bad=False)
             return
+        except OSError as exc:  # the data disk full (or read-only): the part stays, tried again later
+            self._wait(f"disk: {exc.strerror or exc}", self.s.retry_s)
+            return
         finally:
             self.progress = None
             self.store.note(bytes=s.bytes + progress.fetched)
