@@ -38,7 +38,8 @@ CLOCK_FLOOR = 1_793_491_200.0  # 2026-11-01 UTC: no device running this code can
 
 class TrustError(EdgeloopError):
     """Signed metadata or a file was refused. ``kind``: rollback, freeze, mix-and-match,
-    bad signature, wrong hash, not signed, unreachable, clock, invalid."""
+    bad signature, wrong hash, not signed, unreachable, clock, invalid, disk (the device's own
+    copies cannot be written)."""
 
     def __init__(self, problem: str, fix: str | None, kind: str) -> None:
         super().__init__(problem, fix)
@@ -108,6 +109,10 @@ class BundleTrust:
         cached = self.metadata_dir / "root.json"
         try:
             bootstrap = None if cached.exists() else self.root.read_bytes()
+        except OSError as exc:
+            raise TrustError(f"rollout: the trusted root cannot be read: {exc}",
+                             f"ship the fleet's root.json in the image at {self.root}", kind="invalid") from None
+        try:
             updater = Updater(str(self.metadata_dir), f"{self.repo_url}/metadata/", None,
                               f"{self.repo_url}/targets/", config=UpdaterConfig(max_root_rotations=32),
                               bootstrap=bootstrap)
@@ -115,9 +120,9 @@ class BundleTrust:
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             kind = _classify(exc)
             raise TrustError(f"rollout: TUF metadata refused ({kind}): {exc}", FIXES[kind], kind) from None
-        except OSError as exc:
-            raise TrustError(f"rollout: the trusted root cannot be read: {exc}",
-                             f"ship the fleet's root.json in the image at {self.root}", kind="invalid") from None
+        except OSError as exc:  # the trusted copies are written on every refresh
+            raise TrustError(f"rollout: the trusted metadata in {self.metadata_dir} cannot be kept: {exc}",
+                             "make room on the data disk; tried again later", kind="disk") from None
         self._updater = updater
         self.clock_floor = max(self.clock_floor, self.clock())  # trusted now: never earlier again
         return updater
@@ -129,6 +134,9 @@ class BundleTrust:
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             kind = _classify(exc)
             raise TrustError(f"rollout: TUF metadata for {path} refused ({kind}): {exc}", FIXES[kind], kind) from None
+        except OSError as exc:  # the group's role is kept beside the top-level metadata
+            raise TrustError(f"rollout: the trusted metadata in {self.metadata_dir} cannot be kept: {exc}",
+                             "make room on the data disk; tried again later", kind="disk") from None
         if info is None:
             raise TrustError(f"rollout: {path} is not among the signed targets",
                              "release it with `edgeloop release add`, or fix the rollout's version", kind="not signed")

@@ -324,19 +324,30 @@ def test_a_full_data_disk_makes_the_download_wait_and_it_goes_on_once_there_is_r
         with running_agent(config) as agent:
             wait_for(lambda: agent.inferences > 5, 20, "serving")
             filler = disk / "filler"
-            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-            try:  # the disk full: less room than the bundle needs
-                while True:
-                    os.write(fd, b"\0" * 4096)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            full, room = threading.Event(), threading.Event()
+
+            def keep_full() -> None:  # whatever the outbox frees by evicting is taken again
+                fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+                try:
+                    while not room.is_set():
+                        try:
+                            os.write(fd, b"\0" * 4096)
+                        except OSError:
+                            full.set()
+                            room.wait(0.01)
+                finally:
+                    os.close(fd)
+
+            filling = threading.Thread(target=keep_full, daemon=True)
+            filling.start()
+            assert full.wait(10)
             ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
             wait_for(lambda: "disk" in (ops.last("cam-1").get("note") or ""), 20, "the full disk said")
             assert ops.last("cam-1")["active"] == "1.0.0"
             n = agent.inferences
             wait_for(lambda: agent.inferences > n + 10, 10, "serving on with the disk full")
             assert agent.status(fast=True)["stages"]["rollout"]["restarts"] == 0
+            room.set()
+            filling.join(5)
             filler.unlink()  # room again: the same rollout goes on (retry_s is 1 s)
             wait_for(lambda: ops.last("cam-1").get("state") == "committed", 30, "the commit")

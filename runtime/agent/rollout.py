@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import apsw
+
 from edgeloop.runtime.errors import EdgeloopError
 from edgeloop.runtime.logs import Throttled
 from edgeloop.sync.bundle import BundleSpec, parse_bundle
@@ -183,7 +185,13 @@ class RolloutDriver:
         self._report(force=True)
         try:
             while not stop.is_set():
-                self.step()
+                try:
+                    self.step()
+                except (OSError, apsw.Error) as exc:  # a full or failing data disk: waited out, said
+                    if self._switched is not None and self.store.state.state == "switching":
+                        self.deployer.rollback(self._switched)  # what serves follows what is on disk
+                        self._switched = self.probation = None
+                    self._wait(f"disk: {type(exc).__name__}: {exc}", self.s.retry_s)
                 waited, wait_s = 0.0, JUDGE_EVERY_S if self.probation is not None else 1.0
                 while waited < wait_s and not stop.is_set() and not self._wake.wait(0.05):
                     waited += 0.05  # in slices: a stop is seen at once too
@@ -196,6 +204,8 @@ class RolloutDriver:
         if not self.doc_received:  # after a start, a download under way waits for its document
             return
         s = self.store.state
+        if s.state in ("switching", "rolling_back") or (s.state == "probation" and self._switched is None):
+            s = self.store.recover()  # a step cut short (the disk): settled as after a restart
         doc = self.doc
         want = self.wanted(doc)
         if s.state == "probation" and self._switched is not None:
