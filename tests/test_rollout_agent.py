@@ -351,3 +351,27 @@ def test_a_full_data_disk_makes_the_download_wait_and_it_goes_on_once_there_is_r
             filling.join(5)
             filler.unlink()  # room again: the same rollout goes on (retry_s is 1 s)
             wait_for(lambda: ops.last("cam-1").get("state") == "committed", 30, "the commit")
+
+
+def test_a_damaged_slot_or_state_file_never_stops_the_camera(tmp_path, broker, fleet):
+    repo, server, root, ops = fleet
+    version = release(repo, tmp_path, "digits_v2")
+    config = agent_config(tmp_path, broker.port, server, root)
+    with running_agent(config) as agent:
+        ops.rollout("cams", RolloutDoc("r1", "digits", version, 100.0, "r1"))
+        wait_for(lambda: ops.last("cam-1").get("state") == "committed", 30, "the commit")
+        slot = config.data_path / "rollout" / "slots" / agent.rollout.store.state.serving
+    ops.close()  # no document: what happens next is the start's alone
+    model = slot / "digits_v2.tflite"
+    model.write_bytes(model.read_bytes()[:-1] + b"\0")  # a flipped byte on the card
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.inferences > 5, 20, "serving")
+        assert agent.status(fast=True)["models"]["digits"]["version"] == "1.0.0"  # the bundled model, and said:
+        assert "slot" in agent.rollout.store.state.reason and agent.rollout.store.state.serving_version == "1.0.0"
+    state = config.data_path / "rollout" / "state.db"
+    for extra in state.parent.glob("state.db-*"):
+        extra.unlink()
+    state.write_bytes(b"not a database" * 100)
+    with running_agent(config) as agent:
+        wait_for(lambda: agent.inferences > 5, 20, "serving without rollouts")
+        assert agent.rollout is None and "rollout" in agent.status(fast=True)["last_error"]

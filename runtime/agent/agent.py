@@ -172,7 +172,7 @@ class Agent:
         self.records = OutboxSink(self.worker)
         self.vectors = IndexSink(self.worker)
         self._open_rollout()  # before the camera: it loads the version a rollout committed
-        self._start_camera(CameraPart(c, self.engine, self.records.put))
+        self._start_camera(self._first_camera(c))
         self.worker.wait_ready()
         if self.worker.salvage:
             log.error("outbox: the file was damaged and salvaged: %s", self.worker.salvage)
@@ -217,8 +217,33 @@ class Agent:
 
         settings = RolloutSettings(c.device, c.fleet, c.group, c.camera.model, c.data_path / "rollout",
                                    c.rollout.repo_url, Path(c.rollout.root).expanduser(), c.rollout.retry_s)
-        self.rollout = RolloutDriver(settings, CameraDeployer(self), publish=lambda t, p: None)
-        self.rollout.open()
+        try:
+            self.rollout = RolloutDriver(settings, CameraDeployer(self), publish=lambda t, p: None)
+            self.rollout.open()
+        except Exception as exc:  # serving does not depend on rollouts: without them, said loudly
+            self.last_error = f"rollout: {type(exc).__name__}: {exc}"
+            log.error("rollout: the rollout state in %s cannot be used (%s); running without rollouts",
+                      settings.folder, exc)
+            self.engine.store.uninstall(c.camera.model)
+            self.rollout = None
+
+    def _first_camera(self, c: AgentConfig) -> CameraPart:
+        """The camera on the version a rollout committed; on the bundled model, loudly, when
+        that version does not load here any more."""
+        try:
+            return CameraPart(c, self.engine, self.records.put)
+        except EdgeloopError as exc:
+            installed = self.engine.store.installed(c.camera.model)
+            if installed is None:
+                raise
+            self.last_error = f"camera: {installed.name} {installed.version} from its rollout slot: {exc}"
+            log.error("camera: %s %s (committed by a rollout) does not load (%s); the bundled model serves",
+                      installed.name, installed.version, exc)
+            self.engine.store.uninstall(c.camera.model)
+            if self.rollout is not None:
+                self.rollout.store.note(serving_version=self.rollout.initial_version,
+                                        reason=f"load: {installed.version} from its slot: {exc}")
+            return CameraPart(c, self.engine, self.records.put)
 
     @staticmethod
     def _link_tls(c: AgentConfig) -> dict[str, Any]:
