@@ -167,6 +167,7 @@ def test_a_slow_version_is_rolled_back_on_its_p95_within_the_window(tmp_path, br
         got = ops.last("cam-1")
         assert got["reason"].startswith("p95") and got["active"] == "1.0.0"
         assert took <= slow.window_s + 5.0, f"rolled back {took:.1f} s after the switch"
+        print(f"rolled back {took:.2f} s after the switch (window {slow.window_s:g} s)")
         wait_for(lambda: agent.status(fast=True)["route"]["digits"]["primary"] == "digits", 5, "the route back")
         n = agent.inferences
         wait_for(lambda: agent.inferences > n + 10, 10, "serving after the rollback")
