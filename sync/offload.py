@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeloop.runtime.errors import EdgeloopError
+from edgeloop.runtime.errors import EdgeloopError, InputError
 from edgeloop.runtime.logs import Throttled
 from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 from edgeloop.runtime.watchdog.rungs import Rung, RungFailed, RungTimeout
@@ -214,6 +214,8 @@ class Responder:
         kind = request.get("kind", "png")
         try:
             source = from_bytes(request["input"], kind if isinstance(kind, str) else "")
+        except InputError as exc:  # too large, or a header that lies: said as it is
+            raise RequestRefused(str(exc)) from exc
         except Exception as exc:
             raise RequestRefused(f"the input does not decode as {kind!r}: send PNG/JPEG/BMP bytes (kind 'png' "
                                  "or 'jpg') or numpy.save bytes (kind 'npy')") from exc
