@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edgeloop.runtime.errors import InputError
-from edgeloop.runtime.source_bytes import MAX_PIXELS, from_bytes, to_bytes
+from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 
 
 def png(width: int, height: int) -> bytes:
@@ -31,7 +31,12 @@ def test_an_image_bomb_is_refused_from_its_header_before_decoding():
     assert "6000x6000" in str(err.value) and "4096x4096" in str(err.value)
     ok = from_bytes(png(64, 48), "png")
     assert ok.size == (64, 48) and ok.mode == "RGB"
-    assert 4096 * 4096 == MAX_PIXELS
+
+
+def test_the_pixel_limit_is_exactly_4096_by_4096():
+    with pytest.raises(InputError):
+        from_bytes(png(4096, 4097), "png")
+    assert from_bytes(png(4096, 4096), "png").size == (4096, 4096)  # the largest taken, decoded
 
 
 def header_only(shape: tuple[int, ...], dtype: str = "<f8") -> bytes:
