@@ -25,7 +25,7 @@ FAST = FetchPolicy(backoff_s=0.01, backoff_cap_s=0.05, permanent_tries=1)
 def release(repo: ReleaseRepository, tmp: Path, name: str, group: str = "cams", check: bool = True) -> str:
     folder = tmp / f"bundle-{name}"
     spec = make_bundle(CANDIDATES / f"{name}.toml", "digits", folder, ProbationSpec(window_s=1.0), check=check)
-    repo.add_files(group, f"digits/{spec.version}", {f: folder / f for f in (*spec.files, "bundle.toml")})
+    repo.add_bundle(group, spec, folder)
     repo.publish()
     return spec.version
 

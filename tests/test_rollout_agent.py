@@ -67,7 +67,7 @@ def release(repo: ReleaseRepository, tmp: Path, name: str, probation: ProbationS
             check: bool = True) -> str:
     folder = tmp / f"bundle-{name}"
     spec = make_bundle(CANDIDATES / f"{name}.toml", "digits", folder, probation, check=check)
-    repo.add_files("cams", f"digits/{spec.version}", {f: folder / f for f in (*spec.files, "bundle.toml")})
+    repo.add_bundle("cams", spec, folder)
     repo.publish()
     return spec.version
 

@@ -91,7 +91,7 @@ def bench_rollout(rounds: int = 5, fps: float = 200.0, probation_s: float = 10.0
                     folder = workdir / f"bundle-{version}"
                     manifest = reversioned(BUNDLED_MANIFEST, "digits", version, workdir / f"manifest-{version}.toml")
                     spec = make_bundle(manifest, "digits", folder, probation)
-                    repo.add_files("bench", f"digits/{version}", {f: folder / f for f in (*spec.files, "bundle.toml")})
+                    repo.add_bundle("bench", spec, folder)
                     repo.publish()
                     started = time.monotonic()
                     view.publish("bench", RolloutDoc(f"bench-{k}", "digits", version, 100.0, "bench"))

@@ -106,8 +106,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         folder = Path(tmp)
         spec = make_bundle(args.manifest, args.model, folder, probation, args.min_top1, args.max_abs,
                            check=not args.no_golden_check)
-        repo.add_files(args.group, f"{spec.model}/{spec.version}",
-                       {name: folder / name for name in (*spec.files, "bundle.toml")})
+        repo.add_bundle(args.group, spec, folder)
         snapshot = repo.publish()
     print(f"release: {spec.model} {spec.version} signed for group {args.group} ({len(spec.files) + 1} files; "
           f"snapshot {snapshot})")

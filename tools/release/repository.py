@@ -28,6 +28,7 @@ from tuf.api.metadata import (DelegatedRole, Delegations, Metadata, MetaFile, Ro
 from tuf.api.serialization.json import JSONSerializer
 
 from edgeloop.runtime.errors import ConfigError
+from edgeloop.sync.bundle import BundleSpec
 from edgeloop.sync.topics import check_name
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -161,6 +162,12 @@ class ReleaseRepository:
         role.signed.expires = max(role.signed.expires, _expires(EXPIRY_DAYS["group"]))
         self._write(group, role, f"group-{group}")
         return added
+
+    def add_bundle(self, group: str, spec: BundleSpec, folder: Path) -> dict[str, TargetFile]:
+        """A bundle made by ``make_bundle`` in ``folder`` (its files and ``bundle.toml``) as the
+        targets ``{group}/{model}/{version}/…``. Published with ``publish()``."""
+        return self.add_files(group, f"{spec.model}/{spec.version}",
+                              {name: folder / name for name in (*spec.files, "bundle.toml")})
 
     def remove_prefix(self, group: str, prefix: str) -> int:
         """Take every target under ``{group}/{prefix}/`` out of the signed metadata (the files
