@@ -3,28 +3,27 @@
 Each ``LightAgent`` is one device with the agent's own rollout driver, deployer and camera part
 (its models loaded on the backend, the router, the ladder, the probation tap), the bundled digit
 samples fed to it at ``fps`` on one thread, its own MQTT client, rollout state and slots on disk.
-It leaves out what a rollout does not touch: the sync worker process, the MCU, metrics, systemd.
+The frames go through the agent's own camera stage under its supervisor. It leaves out what a
+rollout does not touch: the sync worker process, the MCU, metrics, systemd.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgeloop.models.store import ModelStore
-from edgeloop.runtime.agent.camera import CameraPart
+from edgeloop.runtime.agent.camera import CameraPart, CameraStage
 from edgeloop.runtime.agent.config import AgentConfig, CameraConfig, McuConfig
 from edgeloop.runtime.agent.rollout import RolloutDriver, RolloutSettings, desired_topic
 from edgeloop.runtime.agent.rollout_deploy import CameraDeployer
+from edgeloop.runtime.agent.supervisor import Supervisor
 from edgeloop.runtime.engine import Engine, EngineConfig
 from edgeloop.sync.fetch import FetchPolicy
 from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
 
-log = logging.getLogger("edgeloop.fleet_sim")
 
 
 class _Records:
@@ -50,7 +49,6 @@ class LightAgent:
         self._swap = threading.Lock()
         self.camera: CameraPart | None = None
         self.answers = 0
-        self.errors = 0
         self._stop = threading.Event()
         settings = RolloutSettings(device, fleet, group, self.config.camera.model, folder / "rollout", repo_url, root,
                                    retry_s=retry_s, policy=FetchPolicy(backoff_s=0.05, backoff_cap_s=1.0))
@@ -64,43 +62,44 @@ class LightAgent:
         self.client.on_message = self.guard(lambda c, u, m: self.driver.offer(m.payload))
         self.client.connect_async(broker.host, broker.port, keepalive=30)
         self.client.loop_start()
-        self._threads = [threading.Thread(target=self._frames, name=f"sim-{device}-camera", daemon=True),
-                         threading.Thread(target=self.driver.run, args=(self._stop,), name=f"sim-{device}-rollout",
-                                          daemon=True)]
-        for t in self._threads:
-            t.start()
+        # The camera stage itself, under the agent's supervisor (a failing frame is logged,
+        # counted and the stage started again, as on a device).
+        self.supervisor = Supervisor()
+        self._start_camera()
+        self._rollout = threading.Thread(target=self.driver.run, args=(self._stop,), name=f"sim-{device}-rollout",
+                                         daemon=True)
+        self._rollout.start()
+
+    def _start_camera(self) -> None:
+        assert self.camera is not None
+        stage = CameraStage(self.camera, lambda: self.config, self._answered)
+        self.supervisor.start("camera", stage.run, stuck_s=CameraStage.STUCK_S)
+
+    def _answered(self, inference: Any) -> None:
+        self.answers += 1
+
+    @property
+    def errors(self) -> int:
+        """Camera stage failures (each logged with its traceback by the supervisor)."""
+        stage = self.supervisor.stages.get("camera")
+        return stage.restarts if stage is not None else 0
 
     def _publish(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1, retain=True)
 
-    def _frames(self) -> None:
-        period = 1.0 / self.config.camera.fps
-        next_at = time.monotonic()
-        n = 0
-        while not self._stop.is_set():
-            part = self.camera
-            frame = part.source.read() if part is not None and part.source is not None else None
-            if frame is not None:
-                n += 1
-                try:
-                    part.serve(frame, frame.name, n)
-                    self.answers += 1
-                except Exception:  # noqa: BLE001 (counted: the simulation's check)
-                    self.errors += 1
-                    log.exception("sim %s: a frame failed", self.config.device)
-            next_at += period
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
     def rebuild_camera(self) -> None:
         with self._swap:
-            old, self.camera = self.camera, CameraPart(self.config, self.engine, self.records.put)
+            part = CameraPart(self.config, self.engine, self.records.put)
+            self.supervisor.stop("camera")
+            old, self.camera = self.camera, part
+            self._start_camera()
         if old is not None:
             old.close()
 
     def close(self) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(10)
+        self._rollout.join(10)
+        self.supervisor.stop_all()
         self.client.loop_stop()
         self.client.disconnect()
         if self.camera is not None:
