@@ -73,7 +73,7 @@ def agent_status(agent: Any, fast: bool = False) -> dict[str, Any]:
     d = agent.desired
     out["desired"] = ({"status": d.last_state.get("status"), "reason": d.last_state.get("reason"),
                        "rejected": d.rejected, "layers": sorted(d.layers)} if d is not None else None)
-    rollout = getattr(agent, "rollout", None)
+    rollout = agent.rollout
     out["rollout"] = rollout.reported() if rollout is not None else None
     loop = agent.loop
     if loop is not None:
