@@ -187,10 +187,11 @@ class Ladder:
                 return
             was, self.level = self.level, to
             self.counts["transitions"] += 1
+            # under the lock with the level: a reader that sees the new rung sees its event
+            event = {"task": self.task, "from": self.rungs[was].name, "to": self.rungs[to].name,
+                     "reason": reason, "at": time.time()}
+            self.events.append(event)
         self.window.clear()  # the new rung is judged on its own latencies
-        event = {"task": self.task, "from": self.rungs[was].name, "to": self.rungs[to].name,
-                 "reason": reason, "at": time.time()}
-        self.events.append(event)
         log.warning("watchdog: task '%s' %s %s -> %s: %s", self.task, "down" if to > was else "up",
                     event["from"], event["to"], reason)
         if self.on_event is not None:
