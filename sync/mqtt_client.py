@@ -15,12 +15,14 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop.runtime.errors import ConfigError
+from edgeloop.sync.private_file import check_private_file
 
 log = logging.getLogger("edgeloop.mqtt")
 
@@ -130,6 +132,8 @@ def make_client(broker: BrokerConfig, client_id: str, *, protocol: str | None = 
     if broker.username is not None:
         client.username_pw_set(broker.username, broker.password)
     if broker.ca_file:
+        if broker.key_file:
+            check_private_file(Path(broker.key_file).expanduser(), "mqtt key_file")
         try:
             client.tls_set(ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file,
                            cert_reqs=ssl.CERT_REQUIRED)

@@ -33,6 +33,7 @@ def tls(b, ca: str = "ca", user: str = "device-1") -> BrokerConfig:
 def agent_over_tls(tmp_path, b, ca: str = "ca"):
     d = b.pki
     (d / "password").write_text("s3cret\n")
+    (d / "password").chmod(0o600)
     mqtt = MqttConfig(ca_file=str(d / f"{ca}.crt"), cert_file=str(d / "device.crt"), key_file=str(d / "device.key"),
                       username="device-1", password_file=str(d / "password"))
     return replace(camera_agent_config(tmp_path / "data"), broker=f"127.0.0.1:{b.tls_port}", fleet="f1", mqtt=mqtt)
@@ -68,6 +69,7 @@ def test_every_part_works_over_mutual_tls(tmp_path, tls_broker):
 def test_the_regional_command_takes_the_tls_flags(tmp_path, tls_broker):
     d = tls_broker.pki
     (d / "password").write_text("s3cret\n")
+    (d / "password").chmod(0o600)
     db = tmp_path / "r.db"
     proc = subprocess.Popen([EDGELOOP, "regional", "run", "--db", str(db), "--broker", f"127.0.0.1:{tls_broker.tls_port}",
                              "--fleet", "f1", "--client-id", "r-tls", "--ca-file", str(d / "ca.crt"), "--cert-file",

@@ -88,7 +88,11 @@ def broker_of(config: AgentConfig) -> BrokerConfig | None:
     if m.password_file:
         from pathlib import Path
 
-        password = Path(m.password_file).expanduser().read_text().strip()
+        from edgeloop.sync.private_file import check_private_file
+
+        path = Path(m.password_file).expanduser()
+        check_private_file(path, "mqtt.password_file")
+        password = path.read_text().strip()
     return BrokerConfig(host, port, m.protocol, m.username or None, password, m.ca_file or None, m.cert_file or None,
                         m.key_file or None, fallbacks=fallbacks)
 
@@ -190,9 +194,9 @@ class Agent:
             if self.rollout is not None:
                 from .rollout import desired_topic
 
-                extra[desired_topic(c.fleet, c.group)] = self.rollout.offer
+                extra[desired_topic(c.fleet, c.group)] = self.rollout
             self.desired = DesiredConfig(broker, c.fleet, c.device, c.group or None, self.apply, last_good, layers,
-                                         extra)
+                                         extra, self._desired_gate(c))
             if self.rollout is not None:
                 self.rollout.publish = self.desired.publish
                 self.supervisor.start("rollout", self.rollout.run)
@@ -205,6 +209,19 @@ class Agent:
         self.supervisor.start("status", self._status_loop)
         self._start_metrics()
         self.systemd.start(ready=self.first_result.is_set())
+
+    @staticmethod
+    def _desired_gate(c: AgentConfig) -> Any:
+        """The check of the operator's signatures on desired documents; None (said loudly) when
+        no operator key is configured. A key that cannot be read stops the start."""
+        if not c.mqtt.operator_keys:
+            log.warning("desired documents are taken unsigned: anyone who may publish to this device's config "
+                        "and rollout topics can reconfigure it (set mqtt.operator_keys)")
+            return None
+        from edgeloop.sync.signed_doc import Gate, Verifier, VersionBook, load_public_key
+
+        return Gate(Verifier([load_public_key(k) for k in c.mqtt.operator_keys]),
+                    VersionBook(c.data_path / "desired_versions.json"))
 
     def _open_rollout(self) -> None:
         c = self.config

@@ -87,6 +87,9 @@ class MqttConfig:
     key_file: str = ""
     username: str = ""
     password_file: str = ""
+    # The fleet operator's ed25519 public keys (PEM files from `edgeloop fleet keygen`): when set,
+    # desired config and rollout documents are taken only signed by one of them, newest first.
+    operator_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ force. The last applied layers are kept in ``desired.json`` in the data folder a
 the next start, so a rejected document still retained on the broker cannot take the device
 back to its file. A document over ``MAX_DOCUMENT_BYTES``, not JSON, nested too deeply or not an
 object is rejected like an invalid one; no document stops the listener.
+
+With the fleet operator's public keys configured (``mqtt.operator_keys``), every document on
+every topic here must be signed by one of them for that topic with a newer version
+(``sync/signed_doc.py``) before it is read at all; anything else is rejected with its reason
+and the last good document stays in force.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import paho.mqtt.client as mqtt
 
 from edgeloop.runtime.errors import ConfigError, EdgeloopError
 from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
+from edgeloop.sync.signed_doc import Gate
 from edgeloop.sync.topics import topic
 
 from .config import merge
@@ -65,17 +71,30 @@ def parse_document(payload: bytes) -> dict[str, Any]:
     return document
 
 
+class DocumentHandler(Protocol):
+    """Another kind of desired document on the same connection (the rollout's)."""
+    kind: str
+
+    def offer(self, payload: bytes) -> None:
+        """The document's body (empty: withdrawn); the handler answers for its own bad input."""
+
+    def refuse(self, reason: str) -> None:
+        """A document that did not pass the gate: the last good one stays, and the handler says why."""
+
+
 class DesiredConfig:
     """``apply(merged_table) -> report`` is the agent's; it raises EdgeloopError to reject."""
 
     def __init__(self, broker: BrokerConfig, fleet: str, device: str, group: str | None,
                  apply: Callable[[dict[str, Any]], dict[str, Any]], last_good: LastGood,
                  layers: dict[str, dict[str, Any]] | None = None,
-                 extra: dict[str, Callable[[bytes], None]] | None = None) -> None:
-        """``extra``: more retained documents this client listens to (topic -> handler of the
-        payload; the rollout's), so a device holds one connection for everything desired."""
+                 extra: dict[str, DocumentHandler] | None = None, gate: Gate | None = None) -> None:
+        """``extra``: more retained documents this client listens to (topic -> their handler;
+        the rollout's), so a device holds one connection for everything desired. ``gate``: every
+        document must be signed by the fleet operator (None: documents are taken unsigned)."""
         self.apply = apply
         self.extra = dict(extra or {})
+        self.gate = gate
         self.last_good = last_good
         self.device_topic = topic(fleet, device, "config")
         self.group_topic = topic(fleet, "group", f"{group}/config") if group else None
@@ -99,29 +118,44 @@ class DesiredConfig:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         handler = self.extra.get(message.topic)
-        if handler is not None:
-            handler(message.payload)  # the handler answers for its own bad input
-            return
         layer = "device" if message.topic == self.device_topic else "group"
+        payload = message.payload
+        if self.gate is not None:
+            try:  # before anything reads the document: its signature, topic, kind and version
+                payload = self.gate.open(message.topic, payload, handler.kind if handler else "config").body_bytes()
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, EdgeloopError) else f"{type(exc).__name__}: {exc}"
+                if handler is not None:
+                    handler.refuse(reason)
+                else:
+                    with self._lock:
+                        self._reject(layer, message.topic, reason)
+                return
+        if handler is not None:
+            handler.offer(payload)  # the handler answers for its own bad input
+            return
         with self._lock:
             try:
-                document = parse_document(message.payload)
+                document = parse_document(payload)
                 candidate = {k: v for k, v in {**self.layers, layer: document}.items() if v}
                 if candidate == self.layers and self.in_force:
                     return  # the retained copy of what is in force already (a reconnect)
                 report = self.apply(merge(candidate.get("group", {}), candidate.get("device", {})))
             except Exception as exc:  # any document, however hostile, is rejected; the listener goes on
-                self.rejected += 1
-                reason = str(exc) if isinstance(exc, EdgeloopError) else f"{type(exc).__name__}: {exc}"
-                log.warning("config from %s rejected: %s", message.topic, reason)
-                self._report({"status": "rejected", "layer": layer, "topic": message.topic, "reason": reason,
-                              "in_force": self.in_force, "at": time.time()})
+                self._reject(layer, message.topic, str(exc) if isinstance(exc, EdgeloopError)
+                             else f"{type(exc).__name__}: {exc}")
                 return
             self.layers = candidate
             self.last_good.save(candidate)
             self.in_force = {"layers": candidate, "config": report.get("config"), "since": time.time()}
             self._report({"status": "applied", **report, "layers": candidate, "at": time.time()})
             self.applied.set()
+
+    def _reject(self, layer: str, topic_name: str, reason: str) -> None:
+        self.rejected += 1
+        log.warning("config from %s rejected: %s", topic_name, reason)
+        self._report({"status": "rejected", "layer": layer, "topic": topic_name, "reason": reason,
+                      "in_force": self.in_force, "at": time.time()})
 
     def _report(self, state: dict[str, Any]) -> None:
         self.last_state = state

@@ -268,6 +268,10 @@ class AgentCollector:
         if a.desired is not None:
             yield CounterMetricFamily("edgeloop_desired_config_rejected", "desired documents rejected",
                                       value=a.desired.rejected)
+            if a.desired.gate is not None:
+                yield CounterMetricFamily("edgeloop_desired_signature_refused",
+                                          "desired documents refused at the signature check (unsigned, foreign "
+                                          "key, altered, another topic, a replay)", value=a.desired.gate.refused)
         errors = CounterMetricFamily("edgeloop_mqtt_callback_errors", "MQTT callbacks that failed (logged)",
                                      labels=["part"])
         for part in (a.desired, a.responder):

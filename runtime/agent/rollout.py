@@ -138,14 +138,14 @@ class RolloutDriver:
 
     # -- the desired document (from the MQTT thread) -------------------------------------
 
+    kind = "rollout"  # the desired documents this handler takes (their signatures say so)
+
     def offer(self, payload: bytes) -> None:
         """A retained rollout document arrived (an empty one: the rollout was withdrawn)."""
         try:
             doc = parse_rollout(payload) if payload else None
         except EdgeloopError as exc:
-            self.doc_error = str(exc)
-            self._warn.warning("rollout: document refused, the last good one stays: %s", exc)
-            self._report(force=True)
+            self.refuse(str(exc))
             return
         with self._lock:
             self.doc, self.doc_error = doc, None
@@ -155,6 +155,12 @@ class RolloutDriver:
         if s.state == "downloading" and self.wanted(doc) != s.target:
             self.fetcher.cancel()  # the download in progress is no longer wanted
         self._wake.set()
+
+    def refuse(self, reason: str) -> None:
+        """A document refused (malformed, unsigned, a replay): the last good one stays."""
+        self.doc_error = reason
+        self._warn.warning("rollout: document refused, the last good one stays: %s", reason)
+        self._report(force=True)
 
     def wanted(self, doc: RolloutDoc | None) -> str | None:
         """The version this device should serve under ``doc`` (None: nothing to do); sets ``note``."""

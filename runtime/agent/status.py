@@ -72,7 +72,9 @@ def agent_status(agent: Any, fast: bool = False) -> dict[str, Any]:
     out["requests"] = {"answered": r.answered, "failed": r.failed, "unanswerable": r.unanswerable} if r else None
     d = agent.desired
     out["desired"] = ({"status": d.last_state.get("status"), "reason": d.last_state.get("reason"),
-                       "rejected": d.rejected, "layers": sorted(d.layers)} if d is not None else None)
+                       "rejected": d.rejected, "layers": sorted(d.layers), "signed": d.gate is not None,
+                       "refused_signatures": d.gate.refused if d.gate else None}
+                      if d is not None else None)
     rollout = agent.rollout
     out["rollout"] = rollout.reported() if rollout is not None else None
     loop = agent.loop

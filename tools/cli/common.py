@@ -88,6 +88,9 @@ def broker_from_args(args: argparse.Namespace) -> Any:
     host, port, fallbacks = parse_broker(args.broker)
     password = None
     if args.password_file:
+        from edgeloop.sync.private_file import check_private_file
+
+        check_private_file(Path(args.password_file), "--password-file")
         try:
             password = Path(args.password_file).read_text().strip()
         except OSError as exc:

@@ -23,6 +23,27 @@ def register(sub: Any, common: Any) -> None:
     def group_flag(sp: argparse.ArgumentParser, required: bool = True) -> None:
         sp.add_argument("--group", required=required, help="the fleet group")
         broker_flags(sp, required=True)
+        key_flag(sp)
+
+    def key_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--key", default=os.environ.get("EDGELOOP_OPERATOR_KEY"),
+                        help="the fleet operator's ed25519 key (from `fleet keygen`; default $EDGELOOP_OPERATOR_KEY): "
+                             "what is published is signed with it; devices with mqtt.operator_keys take nothing else")
+
+    sp = fsub.add_parser("keygen", help="a new fleet operator key: KEY (mode 600) and KEY.pub for the devices")
+    sp.add_argument("out", help="the private key's path, e.g. operator.key (never overwritten)")
+    sp.set_defaults(handler=cmd_keygen)
+
+    sp = fsub.add_parser("config", help="publish a device's or a group's desired config (retained, signed with --key)")
+    target = sp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", help="the device whose config layer this is")
+    target.add_argument("--group", help="the group whose config layer this is")
+    body = sp.add_mutually_exclusive_group(required=True)
+    body.add_argument("--set", dest="document", help='the layer as JSON, e.g. \'{"camera": {"fps": 2}}\'')
+    body.add_argument("--clear", action="store_true", help="withdraw the layer (the file's config returns)")
+    broker_flags(sp, required=True)
+    key_flag(sp)
+    sp.set_defaults(handler=cmd_config)
 
     sp = fsub.add_parser("status", help="what the devices report: states, versions, the rollout's cohort, failures")
     group_flag(sp, required=False)
@@ -76,12 +97,77 @@ def _view(args: argparse.Namespace, settle_s: float = 10.0) -> Any:
 
     if getattr(args, "group", None):
         check_name("--group", args.group)
-    view = FleetView(broker_from_args(args), args.fleet, f"edgeloop-fleet-{os.getpid()}-{time.monotonic_ns()}")
+    view = FleetView(broker_from_args(args), args.fleet, f"edgeloop-fleet-{os.getpid()}-{time.monotonic_ns()}",
+                     key=_operator_key(args))
     if not view.settle(timeout_s=settle_s):
         view.close()
         raise ConfigError(f"fleet: no answer from the broker {args.broker} within {settle_s:g} s",
                           "check --broker and that the broker runs")
     return view
+
+
+def _operator_key(args: argparse.Namespace) -> Any:
+    import sys
+
+    from edgeloop.sync.signed_doc import load_private_key
+
+    if getattr(args, "key", None):
+        return load_private_key(args.key)
+    if args.handler not in (cmd_status,):
+        print("fleet: no --key: the document goes out unsigned, and devices with mqtt.operator_keys will refuse it",
+              file=sys.stderr)
+    return None
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edgeloop.sync.signed_doc import write_keypair
+
+    public, keyid = write_keypair(Path(args.out))
+    print_json({"private": args.out, "public": str(public), "keyid": keyid,
+                "next": f"copy {public} to the devices and list it in mqtt.operator_keys; keep {args.out} off them"})
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """A config layer, checked as the devices check it (shape only: values are theirs to judge)."""
+    import json
+
+    from edgeloop.runtime.agent.desired import parse_document
+    from edgeloop.sync.mqtt_client import make_client
+    from edgeloop.sync.signed_doc import next_version, read_unverified, sign
+    from edgeloop.sync.topics import check_name, topic
+
+    if args.device:
+        check_name("--device", args.device)
+    else:
+        check_name("--group", args.group)
+    body = None if args.clear else parse_document(args.document.encode())
+    where = topic(args.fleet, args.device, "config") if args.device else \
+        topic(args.fleet, "group", f"{args.group}/config")
+    key = _operator_key(args)
+    client = make_client(broker_from_args(args), f"edgeloop-fleet-config-{os.getpid()}")
+    retained: list[bytes] = []
+    got = threading.Event()
+    client.on_message = lambda c, u, m: (retained.append(m.payload), got.set())
+    client.on_connect = lambda c, u, f, r, p=None: c.subscribe(where, 1) if not r.is_failure else None
+    client.connect_async(*broker_from_args(args).addresses[0])
+    client.loop_start()
+    try:
+        got.wait(2.0)  # a retained document comes at once; none may be there
+        if key is None:
+            payload = b"" if body is None else json.dumps(body).encode()
+            version = None
+        else:
+            version = next_version(read_unverified(retained[-1])[0] if retained else None)
+            payload = sign(key, "config", where, body, version)
+        client.publish(where, payload, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    print_json({"topic": where, "published": body, "version": version, "signed": key is not None})
+    return 0
 
 
 def _checked(doc: Any) -> Any:

@@ -12,17 +12,23 @@ import time
 from collections import Counter
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edgeloop.runtime.agent.rollout import desired_topic, reported_topic
 from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
 from edgeloop.sync.rollout_doc import RolloutDoc, RolloutDocError, in_cohort, parse_rollout
+from edgeloop.sync.signed_doc import next_version, read_unverified, sign
 
 MAX_REPORT = 64 * 1024
 FAILED = ("failed", "rolled_back")
 
 
 class FleetView:
-    def __init__(self, broker: BrokerConfig, fleet: str, client_id: str) -> None:
+    def __init__(self, broker: BrokerConfig, fleet: str, client_id: str, key: Ed25519PrivateKey | None = None) -> None:
+        """``key``: the fleet operator's, to sign what ``publish`` sends (None: unsigned)."""
         self.fleet = fleet
+        self.key = key
+        self.versions: dict[str, int | None] = {}  # group -> the signed version of its retained document
         self.reports: dict[str, dict[str, Any]] = {}
         self.docs: dict[str, RolloutDoc | None] = {}  # group -> its retained rollout document
         self.refused = 0
@@ -45,13 +51,15 @@ class FleetView:
         self.last_message = time.monotonic()
         parts = message.topic.split("/")
         if len(parts) == 6 and parts[3] == "group" and parts[5] == "rollout":
+            version, body = read_unverified(message.payload)  # the devices check the signature
             try:
-                doc = parse_rollout(message.payload) if message.payload else None
+                doc = parse_rollout(body) if body else None
             except RolloutDocError:
                 self.refused += 1
                 return
             with self._lock:
                 self.docs[parts[4]] = doc
+                self.versions[parts[4]] = version
             return
         device = parts[3]
         try:
@@ -88,11 +96,19 @@ class FleetView:
             return {d: r for d, r in self.reports.items() if r.get("group") == group}
 
     def publish(self, group: str, doc: RolloutDoc | None) -> None:
-        """The group's desired rollout, retained (None withdraws it)."""
-        info = self.client.publish(desired_topic(self.fleet, group), doc.to_json() if doc else b"", qos=1, retain=True)
+        """The group's desired rollout, retained (None withdraws it); signed with the view's key."""
+        where = desired_topic(self.fleet, group)
+        version = None
+        if self.key is None:
+            payload = doc.to_json() if doc else b""
+        else:
+            version = next_version(self.versions.get(group))
+            payload = sign(self.key, "rollout", where, json.loads(doc.to_json()) if doc else None, version)
+        info = self.client.publish(where, payload, qos=1, retain=True)
         info.wait_for_publish(10)
         with self._lock:
             self.docs[group] = doc
+            self.versions[group] = version
 
     def close(self) -> None:
         self.client.loop_stop()
