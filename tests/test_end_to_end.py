@@ -263,9 +263,12 @@ def test_a_receiver_on_the_wrong_fleet_says_so_and_the_device_keeps_its_records(
 def test_through_the_device_local_bridge_the_commit_ack_comes_back(tmp_path):
     """The shipped bridge's topic lines (tools/deploy/mosquitto-bridge.conf) between a
     device-local Mosquitto and a regional one: data goes up, the ack comes down, the outbox empties."""
-    conf = (Path(__file__).parents[1] / "tools/deploy/mosquitto-bridge.conf").read_text()
+    from edgeloop.tools.pki.authority import bridge_conf
+
+    conf = bridge_conf("f1", "cam-l", ["line-1"], "127.0.0.1:8883")  # the shipped file, filled in as `pki device` does
     topics = [line for line in conf.splitlines() if line.startswith(("topic ", "bridge_protocol_version ", "cleansession "))]
-    assert "topic edgeloop/v1/+/+/ack in 1" in topics, topics
+    assert "topic edgeloop/v1/f1/cam-l/ack in 1" in topics and "topic edgeloop/v1/f1/group/line-1/config in 1" in topics
+    assert not any("+" in t for t in topics), topics  # the device's own topics only
     (tmp_path / "up").mkdir()
     (tmp_path / "local").mkdir()
     up = Mosquitto(tmp_path / "up").start()

@@ -28,7 +28,7 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, deploy, doctor, fleet, index, infer, models, outbox, regional, release, run, status
+    from . import bench, deploy, doctor, fleet, index, infer, models, outbox, pki, regional, release, run, status
 
     parser = argparse.ArgumentParser(prog="edgeloop", description="On-device inference runtime.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true",
                         help="structured logs: one JSON object a line on stderr [EDGELOOP_LOG_FORMAT=json]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, status, doctor, infer, bench, models, outbox, regional, release, fleet, index, deploy):
+    for module in (run, status, doctor, infer, bench, models, outbox, regional, release, fleet, pki, index, deploy):
         module.register(sub, engine_flags)
     return parser
 

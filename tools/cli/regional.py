@@ -17,9 +17,13 @@ from .common import broker_flags, broker_from_args
 
 def register(sub: Any, common: Any) -> None:
     p = sub.add_parser("regional", help="the regional receiver (run until stopped), its stats, or the central export")
-    p.add_argument("action", nargs="?", choices=("run", "stats", "export"), default="run")
-    p.add_argument("--db", required=True, metavar="FILE|postgresql://…",
-                   help="the regional store: a SQLite file (one site), or a PostgreSQL URL")
+    p.add_argument("action", nargs="?", choices=("run", "stats", "export", "acl"), default="run")
+    p.add_argument("--db", metavar="FILE|postgresql://…",
+                   help="the regional store: a SQLite file (one site), or a PostgreSQL URL (run, stats, export)")
+    a = p.add_argument_group("acl: the broker's ACL from the PKI inventory (edgeloop pki)")
+    a.add_argument("--pki", type=Path, help="the CA's folder")
+    a.add_argument("--acl-out", type=Path, help="the ACL file to write (replaced whole)")
+    a.add_argument("--listener-port", type=int, default=8883, help="the TLS listener printed for mosquitto.conf")
     p.add_argument("--share", help="MQTT 5 shared-subscription group, for several receivers (run)")
     p.add_argument("--client-id", help="the broker session's id (default: from the fleet, --share and the host "
                                        "name; several receivers on one host need one each) (run)")
@@ -43,6 +47,22 @@ def register(sub: Any, common: Any) -> None:
     p.set_defaults(handler=cmd_regional)
 
 
+def _acl(args: argparse.Namespace, print_json: Any) -> int:
+    from edgeloop.runtime.durable_file import replace_durably
+    from edgeloop.tools.pki.acl import acl_text, listener_conf
+    from edgeloop.tools.pki.authority import Authority
+
+    if not args.pki or not args.acl_out:
+        raise ConfigError("regional acl: --pki and --acl-out are required", "give the CA's folder and the ACL's path")
+    inventory = Authority(args.pki).inventory()
+    replace_durably(args.acl_out, acl_text(inventory).encode())
+    print_json({"acl": str(args.acl_out), "devices": len(inventory["devices"]), "services": len(inventory["services"]),
+                "mosquitto.conf": listener_conf(args.listener_port, str(args.pki.resolve()),
+                                                str(args.acl_out.resolve())),
+                "next": "reload the broker (SIGHUP) to take a changed ACL"})
+    return 0
+
+
 def register_drain(osub: Any) -> None:
     d = osub.add_parser("drain", help="send the outbox to a broker until it is empty")
     d.add_argument("--db", type=Path, required=True, help="the outbox file")
@@ -58,6 +78,10 @@ def cmd_regional(args: argparse.Namespace) -> int:
 
     from .common import print_json
 
+    if args.action == "acl":
+        return _acl(args, print_json)
+    if not args.db:
+        raise ConfigError(f"regional {args.action}: --db is required", "give a SQLite file or a postgresql:// URL")
     is_file = not args.db.startswith(("postgresql://", "postgres://"))
     if args.action == "stats":
         if is_file and not Path(args.db).exists():
