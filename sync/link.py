@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edgeloop.runtime.errors import ConfigError
 from edgeloop.runtime.logs import Throttled
 
-from .acks import MalformedAck, decode_ack
+from .acks import MAX_ACK_BYTES, MalformedAck, decode_ack
 from .codec import encode_batch
-from .mqtt_client import BrokerConfig, Guard, make_client, refuses_mqtt5
+from .mqtt_client import BrokerConfig, Guard, connect_properties, make_client, refuses_mqtt5
 from .outbox import Outbox
 from .topics import DEFAULT_FLEET, topic
 
@@ -168,8 +166,8 @@ class MqttLink:
     def _connect(self) -> None:
         properties = None
         if self._protocol == mqtt.MQTTv5:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = 3600  # a persistent session across short outages
+            # a persistent session across short outages; only acks come down
+            properties = connect_properties(MAX_ACK_BYTES + 1024, SessionExpiryInterval=3600)
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s,
                                    clean_start=False if self._protocol == mqtt.MQTTv5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
                                    properties=properties)

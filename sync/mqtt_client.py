@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgeloop.runtime.errors import ConfigError
 from edgeloop.sync.private_file import check_private_file
@@ -118,6 +120,17 @@ def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     # paho leaves Nagle on: a small publish would wait for the broker's delayed ACK.
     if hasattr(sock, "setsockopt"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def connect_properties(max_packet_bytes: int, **values: Any) -> Properties:
+    """MQTT 5 CONNECT properties that include the largest packet this client takes: the broker
+    drops a larger message for it instead of sending it (Mosquitto's own limit is 256 MB, which a
+    device would otherwise read into memory before any check of ours could refuse it)."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = max_packet_bytes
+    for name, value in values.items():
+        setattr(properties, name, value)
+    return properties
 
 
 def make_client(broker: BrokerConfig, client_id: str, *, protocol: str | None = None,

@@ -27,21 +27,30 @@ from edgeloop.runtime.logs import Throttled
 from edgeloop.runtime.source_bytes import from_bytes, to_bytes
 from edgeloop.runtime.watchdog.rungs import Rung, RungFailed, RungTimeout
 
-from .mqtt_client import BrokerConfig, Guard, make_client
+from .mqtt_client import BrokerConfig, Guard, connect_properties, make_client
+from .request_limit import RequestLimiter
 from .topics import has_wildcard, topic
 
 log = logging.getLogger("edgeloop.offload")
+
+MAX_ANSWER_BYTES = 1024 * 1024  # what the broker may send an asker: answers are small dicts
 
 
 class Offloader:
     """The device end: ``request(task, source, timeout_s)`` → the regional answer (a dict)."""
 
-    def __init__(self, broker: BrokerConfig, fleet: str, device: str, request_topic: str | None = None) -> None:
+    def __init__(self, broker: BrokerConfig, fleet: str, device: str, request_topic: str | None = None,
+                 response_topic: str | None = None) -> None:
         """``request_topic``: where requests go (default: this device's ``req``, which the
-        regional responders answer; a device agent answers on its ``req/infer``)."""
+        regional responders answer; a device agent answers on its ``req/infer``). ``device``
+        names the asker. The answers come on ``response_topic``: by default this device's
+        ``res``, or, when asking another device, ``{that device}/res/{asker}``: a device answers
+        only under its own topics, the only ones an ACL lets it publish to."""
         self.fleet, self.device = fleet, device
-        self.response_topic = topic(fleet, device, "res")
         self.request_topic = request_topic or topic(fleet, device, "req")
+        if response_topic is None and request_topic is not None and request_topic.endswith("/req/infer"):
+            response_topic = f"{request_topic.removesuffix('/req/infer')}/res/{device}"
+        self.response_topic = response_topic or topic(fleet, device, "res")
         self.online = threading.Event()
         self._waiting: dict[bytes, tuple[threading.Event, list[Any]]] = {}
         self._lock = threading.Lock()
@@ -50,7 +59,8 @@ class Offloader:
         self._client.on_connect = self.guard(self._on_connect)
         self._client.on_disconnect = self.guard(lambda *a: self.online.clear())
         self._client.on_message = self.guard(self._on_message)
-        self._client.connect_async(broker.host, broker.port, keepalive=15)
+        self._client.connect_async(broker.host, broker.port, keepalive=15,
+                                   properties=connect_properties(MAX_ANSWER_BYTES))
         self._client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -133,13 +143,22 @@ class Responder:
     def __init__(self, broker: BrokerConfig, fleet: str, models: dict[str, Callable[[Any], dict[str, Any]]],
                  share: str | None = None, client_id: str = "edgeloop-responder",
                  subscription: str | None = None,
-                 queries: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] | None = None) -> None:
-        """``queries``: tasks answered with the request's ``params`` too (``nearest``)."""
+                 queries: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] | None = None,
+                 limiter: RequestLimiter | None = None, reply_prefix: str | None = None) -> None:
+        """``queries``: tasks answered with the request's ``params`` too (``nearest``).
+        ``limiter``: requests over its buckets are counted in ``rate_limited`` and not answered
+        (an answer would cost the flood's publish back). ``reply_prefix``: answers go only to
+        response topics under it (a device's own ``…/res/``): the device is no reflector that
+        publishes wherever a request says."""
         self.models = models
         self.queries = dict(queries or {})
+        self.limiter = limiter
+        self.reply_prefix = reply_prefix
         self.answered = 0
         self.failed = 0
         self.unanswerable = 0
+        self.rate_limited = 0
+        self._limited_log = Throttled(log)
         self._unanswerable_log = Throttled(log)  # any client can send these at will
         self.connected = threading.Event()
         wanted = subscription or topic(fleet, "+", "req")
@@ -148,7 +167,8 @@ class Responder:
         self._client = make_client(broker, client_id, protocol="5")
         self._client.on_connect = self.guard(self._on_connect)
         self._client.on_message = self.guard(self._on_message)
-        self._client.connect_async(broker.host, broker.port, keepalive=15)
+        self._client.connect_async(broker.host, broker.port, keepalive=15,
+                                   properties=connect_properties(self.MAX_REQUEST_BYTES + 64 * 1024))
 
     def start(self) -> "Responder":
         self._client.loop_start()
@@ -163,10 +183,18 @@ class Responder:
         props = message.properties
         reply_to = getattr(props, "ResponseTopic", None)
         cid = getattr(props, "CorrelationData", None)
-        if not reply_to or has_wildcard(reply_to):
+        why = "no response topic" if not reply_to else \
+            f"response topic {reply_to[:200]!r} has a wildcard" if has_wildcard(reply_to) else \
+            f"response topic {reply_to[:200]!r} is not under {self.reply_prefix!r}, this device's own" \
+            if self.reply_prefix and not reply_to.startswith(self.reply_prefix) else None
+        if why:
             self.unanswerable += 1
-            self._unanswerable_log.warning("request on %s: %s; not answered", message.topic,
-                        "no response topic" if not reply_to else f"response topic {reply_to!r} has a wildcard")
+            self._unanswerable_log.warning("request on %s: %s; not answered", message.topic, why)
+            return
+        if self.limiter is not None and not self.limiter.allow(reply_to):
+            self.rate_limited += 1
+            self._limited_log.warning("requests: over the rate limit (%d so far, from %s); not answered",
+                                      self.rate_limited, ", ".join(sorted(self.limiter.limited_requesters)[:4]))
             return
         answer = self.answer(message.payload)
         out = Properties(PacketTypes.PUBLISH)

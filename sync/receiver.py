@@ -27,13 +27,12 @@ from collections import deque
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edgeloop.runtime.logs import Throttled
 
 from .acks import encode_ack
-from .mqtt_client import BrokerConfig, Guard, make_client, refuses_mqtt5
+from .codec import MAX_BATCH_BYTES
+from .mqtt_client import BrokerConfig, Guard, connect_properties, make_client, refuses_mqtt5
 from .store import Committed, Store, StoreUnavailable
 from .topics import DEFAULT_FLEET, topic
 
@@ -96,9 +95,8 @@ class RegionalReceiver:
     def _connect(self) -> None:
         if self.protocol == "5":
             # The session (and what the broker queues for it) outlives a restart of this receiver.
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = 24 * 3600
-            properties.ReceiveMaximum = RECEIVE_MAXIMUM
+            properties = connect_properties(MAX_BATCH_BYTES + 4096, SessionExpiryInterval=24 * 3600,
+                                            ReceiveMaximum=RECEIVE_MAXIMUM)
             self.client.connect_async(self.broker.host, self.broker.port, 30, clean_start=False,
                                       properties=properties)
         else:  # 3.1.1: clean_session off keeps the session; the broker bounds what is in flight

@@ -123,7 +123,7 @@ def test_inference_requests_over_mqtt_are_answered_recorded_and_bad_ones_refused
                 with pytest.raises(RungFailed, match=why):
                     asker.request(task, source, 5.0)
             assert asker.request("digits", bundled_samples() / "digit_5.png", 5.0)["label"] == "5"  # still serving
-            assert agent.status()["requests"] == {"answered": 11, "failed": 4, "unanswerable": 0}
+            assert agent.status()["requests"] == {"answered": 11, "failed": 4, "unanswerable": 0, "rate_limited": 0}
     finally:
         asker.close()
     import msgpack

@@ -372,7 +372,7 @@ def test_12_15_requests_without_correlation_data_errors_without_internals_and_a_
         tmp_path, broker):
     config = replace(camera_agent_config(tmp_path / "data"), broker=f"127.0.0.1:{broker.port}", fleet="f1")
     ops = Ops(broker.port)
-    ops.subscribe("answers/#")
+    ops.subscribe("edgeloop/v1/f1/gw-1/res/#")
     req = "edgeloop/v1/f1/gw-1/req/infer"
     image = (bundled_samples() / "digit_4.png").read_bytes()
     try:
@@ -380,29 +380,35 @@ def test_12_15_requests_without_correlation_data_errors_without_internals_and_a_
             wait_for(lambda: agent.responder is not None and agent.responder.connected.is_set(), 20, "answering")
             time.sleep(0.2)
             ops.client.publish(req, msgpack.packb({"task": "digits", "input": image, "kind": "png"}), qos=1,
-                               properties=request_props("answers/no-cid", None))
-            wait_for(lambda: ops.on("answers/no-cid"), 10, "an answer without correlation data")
-            answer = msgpack.unpackb(ops.on("answers/no-cid")[0])
+                               properties=request_props("edgeloop/v1/f1/gw-1/res/no-cid", None))
+            wait_for(lambda: ops.on("edgeloop/v1/f1/gw-1/res/no-cid"), 10, "an answer without correlation data")
+            answer = msgpack.unpackb(ops.on("edgeloop/v1/f1/gw-1/res/no-cid")[0])
             assert answer["ok"] and answer["result"]["label"] == "4"
             bad = [(msgpack.packb({"task": "digits"}) + b"extra", "bad-1"),
                    (msgpack.packb({"task": "digits", "input": b"garbage", "kind": "png"}), "bad-2"),
                    (b"\xc1", "bad-3")]
             for payload, name in bad:
-                ops.client.publish(req, payload, qos=1, properties=request_props(f"answers/{name}", b"c"))
-            wait_for(lambda: all(ops.on(f"answers/{n}") for _, n in bad), 10, "the refusals")
+                ops.client.publish(req, payload, qos=1, properties=request_props(f"edgeloop/v1/f1/gw-1/res/{name}", b"c"))
+            wait_for(lambda: all(ops.on(f"edgeloop/v1/f1/gw-1/res/{n}") for _, n in bad), 10, "the refusals")
             for _, name in bad:
-                error = msgpack.unpackb(ops.on(f"answers/{name}")[0])["error"]
+                error = msgpack.unpackb(ops.on(f"edgeloop/v1/f1/gw-1/res/{name}")[0])["error"]
                 assert not any(s in error for s in ("ExtraData", "unpack(b)", "<_io", "BytesIO", "Traceback")), error
                 assert "send" in error  # it says the fix
             # 15: a response topic with a wildcard (Mosquitto forwards the request) is not answered...
             ops.client.publish(req, msgpack.packb({"task": "digits", "input": image, "kind": "png"}), qos=1,
-                               properties=request_props("answers/+/evil", b"w"))
+                               properties=request_props("edgeloop/v1/f1/gw-1/res/+/evil", b"w"))
             wait_for(lambda: agent.responder.unanswerable >= 1, 10, "the wildcard request counted")
+            # ... nor one whose response topic is not under the device's own (it would make the
+            # device publish an answer into another device's config: a reflector) ...
+            ops.subscribe("edgeloop/v1/f1/gw-2/config")
+            ops.client.publish(req, msgpack.packb({"task": "digits", "input": image, "kind": "png"}), qos=1,
+                               properties=request_props("edgeloop/v1/f1/gw-2/config", b"r"))
+            wait_for(lambda: agent.responder.unanswerable >= 2, 10, "the foreign response topic counted")
             # ... and the responder answers the next one.
             ops.client.publish(req, msgpack.packb({"task": "digits", "input": image, "kind": "png"}), qos=1,
-                               properties=request_props("answers/after", b"a"))
-            wait_for(lambda: ops.on("answers/after"), 10, "an answer after the wildcard request")
-            assert agent.responder.guard.errors == 0
+                               properties=request_props("edgeloop/v1/f1/gw-1/res/after", b"a"))
+            wait_for(lambda: ops.on("edgeloop/v1/f1/gw-1/res/after"), 10, "an answer after the wildcard request")
+            assert agent.responder.guard.errors == 0 and not ops.on("edgeloop/v1/f1/gw-2/config")
     finally:
         ops.close()
 

@@ -205,7 +205,11 @@ class Agent:
             if c.answer_requests:
                 from .sources import mqtt_requests
 
-                self.responder = mqtt_requests.open(broker, c.fleet, c.device, self._request_tasks())
+                from edgeloop.sync.request_limit import RateLimits
+
+                limits = RateLimits(c.requests_per_s, 2 * c.requests_per_s, c.requests_total_per_s,
+                                    2 * c.requests_total_per_s)
+                self.responder = mqtt_requests.open(broker, c.fleet, c.device, self._request_tasks(), limits)
         self.supervisor.start("status", self._status_loop)
         self._start_metrics()
         self.systemd.start(ready=self.first_result.is_set())

@@ -143,6 +143,8 @@ class AgentConfig:
     price_per_kwh: float = 0.30  # for the cost per million inferences
     sync_nice: int = 10  # niceness added to the sync worker (outbox drain, index writes): inference first
     answer_requests: bool = True  # answer inference requests on edgeloop/v1/{fleet}/{device}/req/infer
+    requests_per_s: float = 20.0  # answered per requester (its response topic), bursts of twice that
+    requests_total_per_s: float = 50.0  # answered in all; the rest are counted and dropped
     drain_per_s: float = 50_000.0  # records/s the outbox drains at most (0: no cap); catch-up leaves CPU to inference
     # The regional index gets the local index's changes this often (0: never; off by default: an
     # embedding says something about its image, so it leaves the device only when asked to).
@@ -172,7 +174,8 @@ SECTIONS = {"mqtt": MqttConfig, "camera": CameraConfig, "mcu": McuConfig, "rollo
 RANGES: dict[str, tuple[float, float]] = {
     "status_every_s": (0.1, 86_400.0), "metrics_port": (-1, 65_535), "device_power_w": (0.001, 10_000.0),
     "price_per_kwh": (0.0, 1_000.0), "sync_nice": (0, 19), "drain_per_s": (0.0, 10_000_000.0),
-    "index_share_every_s": (0.0, 86_400.0),
+    "index_share_every_s": (0.0, 86_400.0), "requests_per_s": (0.1, 100_000.0),
+    "requests_total_per_s": (0.1, 100_000.0),
     "camera.fps": (0.01, 1e6), "camera.deadline_ms": (0.1, 60_000.0), "camera.min_score": (0.0, 1.0),
     "camera.hard_below": (0.0, 1.0), "camera.index_every": (0, 1_000_000), "camera.canary_share": (0.0, 1.0),
     "camera.shadow_share": (0.0, 1.0), "mcu.rate_hz": (0.1, 10_000.0), "mcu.min_score": (0.0, 1.0),

@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol
 import paho.mqtt.client as mqtt
 
 from edgeloop.runtime.errors import ConfigError, EdgeloopError
-from edgeloop.sync.mqtt_client import BrokerConfig, Guard, make_client
+from edgeloop.sync.mqtt_client import BrokerConfig, Guard, connect_properties, make_client
 from edgeloop.sync.signed_doc import Gate
 from edgeloop.sync.topics import topic
 
@@ -38,6 +38,9 @@ log = logging.getLogger("edgeloop.config")
 
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_DEPTH = 8
+# What the broker may send this client at all: well over any document taken, so one too large
+# is still seen and rejected with its reason, and far below Mosquitto's 256 MB.
+MAX_PACKET_BYTES = 1024 * 1024
 
 
 def _depth(value: Any, limit: int = MAX_DEPTH) -> int:
@@ -109,7 +112,8 @@ class DesiredConfig:
         self._client = make_client(broker, f"edgeloop-config-{fleet}-{device}", protocol="5")
         self._client.on_connect = self.guard(self._on_connect)
         self._client.on_message = self.guard(self._on_message)
-        self._client.connect_async(broker.host, broker.port, keepalive=30)
+        self._client.connect_async(broker.host, broker.port, keepalive=30,
+                                   properties=connect_properties(MAX_PACKET_BYTES))
         self._client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:

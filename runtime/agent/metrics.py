@@ -264,6 +264,7 @@ class AgentCollector:
             req.add_metric(["answered"], r.answered)
             req.add_metric(["failed"], r.failed)
             req.add_metric(["unanswerable"], r.unanswerable)
+            req.add_metric(["rate_limited"], r.rate_limited)
             yield req
         if a.desired is not None:
             yield CounterMetricFamily("edgeloop_desired_config_rejected", "desired documents rejected",

@@ -69,7 +69,8 @@ def agent_status(agent: Any, fast: bool = False) -> dict[str, Any]:
     out["sinks"] = {"outbox": agent.records.stats() if agent.records else None,
                     "index": agent.vectors.stats() if agent.vectors else None}
     r = agent.responder
-    out["requests"] = {"answered": r.answered, "failed": r.failed, "unanswerable": r.unanswerable} if r else None
+    out["requests"] = {"answered": r.answered, "failed": r.failed, "unanswerable": r.unanswerable,
+                       "rate_limited": r.rate_limited} if r else None
     d = agent.desired
     out["desired"] = ({"status": d.last_state.get("status"), "reason": d.last_state.get("reason"),
                        "rejected": d.rejected, "layers": sorted(d.layers), "signed": d.gate is not None,

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-SUITES = ("model", "kernels", "index", "sync", "regional", "serial", "watchdog", "agent", "rollout")
+SUITES = ("model", "kernels", "index", "sync", "regional", "serial", "watchdog", "agent", "rollout", "flood")
 
 
 def register(sub: Any, common: Any) -> None:
@@ -61,6 +61,11 @@ def register(sub: Any, common: Any) -> None:
     ro.add_argument("--rounds", type=int, default=5, help="side-by-side rounds for the medians (default 5)")
     ro.add_argument("--fps", type=float, default=200.0, help="the camera's frame rate (default 200)")
     ro.add_argument("--probation-s", type=float, default=10.0, help="the bundles' probation window (default 10)")
+    fl = suite("flood", "a request flood's cost to the camera, against quiet windows", run_flood, engine=False)
+    fl.add_argument("--rounds", type=int, default=5, help="side-by-side rounds for the medians (default 5)")
+    fl.add_argument("--fps", type=float, default=100.0, help="the camera's frame rate (default 100)")
+    fl.add_argument("--rate", type=float, default=10_000.0, help="requests/s the flooder sends (default 10000)")
+    fl.add_argument("--window-s", type=float, default=5.0, help="each window's length (default 5)")
     suite("serial", "the firmware bridge over a pty", run_suite)
     w = suite("watchdog", "the degradation ladder under injected faults", run_suite)
     w.add_argument("--requests", type=int, default=1000, help="requests per fault (default 1000)")
@@ -206,6 +211,19 @@ def run_rollout(args: argparse.Namespace) -> int:
                           "for example --rounds 3 --fps 100 --probation-s 2")
     r = bench_rollout(args.rounds, args.fps, args.probation_s,
                       progress=lambda m: print(f"bench rollout: {m}", file=sys.stderr, flush=True))
+    _print(r, args.json)
+    return 0
+
+
+def run_flood(args: argparse.Namespace) -> int:
+    from edgeloop.runtime.errors import ConfigError
+    from edgeloop.tools.bench.flood import bench_flood
+
+    if args.rounds < 1 or not 0 < args.fps <= 1000 or not 0 < args.rate <= 100_000 or not 0 < args.window_s <= 600:
+        raise ConfigError("bench flood: --rounds must be positive, --fps within 0..1000, --rate within 0..100000, "
+                          "--window-s within 0..600", "for example --rounds 3 --rate 10000 --window-s 5")
+    r = bench_flood(args.rounds, args.fps, args.rate, args.window_s,
+                    progress=lambda m: print(f"bench flood: {m}", file=sys.stderr, flush=True))
     _print(r, args.json)
     return 0
 
